@@ -1,0 +1,1 @@
+"""Emotion inference engines behind one contract (see engines.base)."""

@@ -1,0 +1,3 @@
+"""emotion-stream worker: video in, per-face emotion events out."""
+
+__version__ = "0.1.0"

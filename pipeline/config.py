@@ -1,0 +1,141 @@
+"""Typed configuration, loaded once at the edge (the CLI) and passed down.
+
+Every model forbids unknown keys and describes each field. Secrets (Kafka SASL, Redis
+password) come from the environment or from files named by the environment; nothing reads
+the environment at import time: ``load_settings()`` does it when called.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DropPolicy(str, enum.Enum):
+    """What a live source does when its bounded frame queue is full."""
+
+    DROP_OLDEST = "drop_oldest"
+    DROP_LATEST = "drop_latest"
+    BLOCK = "block"
+
+
+class SourceSettings(_Model):
+    queue_size: int = Field(8, ge=1, description="Bounded frame queue per stream.")
+    drop_policy: DropPolicy = Field(
+        DropPolicy.DROP_OLDEST, description="Policy for live sources when the queue is full; files always block."
+    )
+    every: int = Field(1, ge=1, description="Run detection and classification on every Nth decoded frame.")
+    realtime: bool = Field(False, description="Pace file sources at their frame rate, as a camera would.")
+    max_frames: int | None = Field(None, ge=1, description="Stop each stream after this many decoded frames.")
+    loop: bool = Field(False, description="Replay file sources forever.")
+    rtsp_transport: str = Field("tcp", description="RTSP lower transport: tcp or udp.")
+    open_timeout_s: float = Field(10.0, gt=0, description="Timeout for opening a network source.")
+    read_timeout_s: float = Field(10.0, gt=0, description="Timeout for a stalled network read.")
+    reconnect_initial_s: float = Field(0.5, gt=0, description="First reconnect delay of a live source.")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Cap of the exponential reconnect delay.")
+    reconnect_attempts: int | None = Field(
+        None, ge=0, description="Give up a live source after this many failed reconnects (None: never)."
+    )
+
+
+class DetectorSettings(_Model):
+    model_dir: Path = Field(Path("models"), description="Folder holding the detector ONNX (det_*.onnx).")
+    model_file: Path | None = Field(None, description="Explicit detector ONNX; overrides model_dir lookup.")
+    input_size: tuple[int, int] = Field((640, 640), description="Detector input (width, height).")
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face score.")
+    nms_threshold: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
+    min_face_px: int = Field(12, ge=1, description="Drop faces whose shorter side is below this many pixels.")
+    providers: tuple[str, ...] = Field(
+        (), description="ONNX Runtime execution providers; empty picks CUDA/TensorRT when present, else CPU."
+    )
+
+
+class EmotionSettings(_Model):
+    model: Path = Field(
+        Path("models/emotion_mini_xception.onnx"), description="Emotion model (ONNX, or a TensorRT plan)."
+    )
+    backend: str = Field("auto", description="Engine backend: auto, tensorrt, onnxruntime or torch.")
+    precision: str = Field("fp32", description="Engine precision: fp32, fp16 or int8.")
+    smoothing_alpha: float = Field(
+        0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
+    )
+
+
+class BatchSettings(_Model):
+    max_batch: int = Field(32, ge=1, description="Most aligned faces in one inference call.")
+    max_wait_ms: float = Field(5.0, ge=0, description="Longest a face waits for its batch to fill.")
+    enabled: bool = Field(True, description="Batch faces across streams; off runs one frame at a time.")
+
+
+class TrackerSettings(_Model):
+    high_threshold: float = Field(0.6, description="Detections above this start or extend tracks first.")
+    low_threshold: float = Field(0.3, description="Detections above this may extend existing tracks.")
+    match_iou: float = Field(0.3, description="Minimum IoU to associate a detection with a track.")
+    max_age_frames: int = Field(15, ge=1, description="Processed frames a lost track survives before it ends.")
+
+
+class KafkaSettings(BaseSettings):
+    """Kafka connection. Credentials come from ES_KAFKA_* variables or *_FILE files."""
+
+    model_config = SettingsConfigDict(env_prefix="ES_KAFKA_", extra="forbid", frozen=True)
+
+    bootstrap: str | None = Field(None, description="HOST:PORT[,HOST:PORT]; None disables the Kafka sink.")
+    topic: str = Field("emotion-events", description="Events topic.")
+    partitions: int = Field(6, ge=1, description="Partitions when the topic is created.")
+    replication: int = Field(1, ge=1, description="Replication factor when the topic is created.")
+    control_topic: str = Field("emotion-streams", description="Compacted control topic of stream specs.")
+    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str | None = Field(None, description="SASL user (env ES_KAFKA_SASL_USERNAME).")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (env ES_KAFKA_SASL_PASSWORD).")
+    sasl_password_file: Path | None = Field(None, description="File holding the SASL password.")
+    ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    linger_ms: int = Field(20, ge=0, description="Producer linger.")
+    batch_size: int = Field(256 * 1024, ge=1024, description="Producer batch size in bytes.")
+    max_in_flight: int = Field(5, ge=1, le=5, description="Bounded in-flight requests per connection.")
+    request_timeout_ms: int = Field(15000, ge=1000, description="Producer request timeout.")
+
+    def password(self) -> str | None:
+        if self.sasl_password is not None:
+            return self.sasl_password.get_secret_value()
+        if self.sasl_password_file is not None:
+            return self.sasl_password_file.read_text().strip()
+        return None
+
+
+class RedisSettings(BaseSettings):
+    """Redis connection. The password comes from ES_REDIS_PASSWORD or ES_REDIS_PASSWORD_FILE."""
+
+    model_config = SettingsConfigDict(env_prefix="ES_REDIS_", extra="forbid", frozen=True)
+
+    url: str | None = Field(None, description="redis://HOST:PORT/DB; None disables the Redis sink.")
+    password: SecretStr | None = Field(None, description="Password (env ES_REDIS_PASSWORD).")
+    password_file: Path | None = Field(None, description="File holding the password.")
+    key_prefix: str = Field("es", description="Prefix of every key.")
+    ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Keys expire after this long idle.")
+
+    def secret(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class WorkerSettings(_Model):
+    """Everything one worker run needs, built once by the CLI."""
+
+    worker_id: str = Field("worker-0", description="Carried in every event as worker_id.")
+    session_id: str = Field("default", description="Session the events and aggregates belong to.")
+    source: SourceSettings = Field(default_factory=SourceSettings, description="Sources.")  # type: ignore[arg-type]
+    detector: DetectorSettings = Field(default_factory=DetectorSettings, description="Detector.")  # type: ignore[arg-type]
+    emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
+    batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
+    tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
