@@ -8,7 +8,9 @@ uint8 gray (n, H, W) as produced by ``pipeline.align``; each engine normalises t
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +35,25 @@ class InputSpec:
     dtype: str = "float32"
     softmax_in_model: bool = True
 
+    #: ONNX ``metadata_props`` key under which exports store this spec as JSON.
+    METADATA_KEY = "emotion_stream.input_spec"
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` an exported ONNX carries (see ``from_metadata``)."""
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return {self.METADATA_KEY: json.dumps(d, sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str]) -> InputSpec | None:
+        """Read the spec written by ``to_metadata``; None if the model carries none."""
+        raw = props.get(cls.METADATA_KEY)
+        if raw is None:
+            return None
+        d = json.loads(raw)
+        d["classes"] = tuple(d["classes"])
+        return cls(**d)
+
     def normalise(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """uint8 (n,H,W) gray or (n,H,W,C) -> float32 NCHW."""
         x = crops.astype(np.float32) * np.float32(1.0 / 255.0)
@@ -44,6 +65,10 @@ class InputSpec:
         if x.shape[1] != self.channels:
             x = np.repeat(x[:, :1], self.channels, axis=1)
         return np.ascontiguousarray(x, dtype=np.float32)
+
+
+#: The input of the default model, the FER-2013 mini-Xception: 64x64 gray, (x/255 - 0.5) * 2.
+MINI_XCEPTION_SPEC = InputSpec(channels=1, height=64, width=64, mean=0.5, std=0.5)
 
 
 class Engine(abc.ABC):

@@ -25,7 +25,8 @@ class Frame:
 
     ``image`` is HxWx3 uint8 BGR. ``pts`` is media time in seconds (None if the container
     has none); ``wall_ts`` is the capture wall clock (UNIX seconds) for live sources and
-    ``stream start + pts`` for files.
+    ``stream start + pts`` for files. ``frame_num`` counts decoded frames of the stream and
+    keeps counting across loops and reconnects, so (stream_id, frame_num) is unique.
     """
 
     stream_id: str
@@ -33,6 +34,8 @@ class Frame:
     pts: float | None
     wall_ts: float
     image: npt.NDArray[np.uint8] = field(repr=False)
+    #: time.time() when the decoder produced the frame; latency is measured from here.
+    decoded_at: float = 0.0
 
     def __post_init__(self) -> None:
         img = self.image
