@@ -18,7 +18,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DropPolicy(str, enum.Enum):
+class DropPolicy(enum.StrEnum):
     """What a live source does when its bounded frame queue is full."""
 
     DROP_OLDEST = "drop_oldest"
