@@ -10,10 +10,12 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import SinkError
-from pipeline.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from pipeline.sinks.base import Sink
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,9 @@ class PublisherStats:
 class Publisher:
     """Writes event batches to all sinks from one thread."""
 
-    def __init__(self, sinks: Sequence[Sink], queue_size: int = 256, keep_latency: int = 20000) -> None:
+    def __init__(
+        self, sinks: Sequence[Sink], queue_size: int = 256, keep_latency: int = 20000
+    ) -> None:
         self._sinks = list(sinks)
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._loop, name="publisher", daemon=True)
@@ -78,7 +82,9 @@ class Publisher:
                 sink.write(events)
             except Exception as exc:  # one sink failing must not stop the others
                 with self._lock:
-                    self._stats.sink_errors[sink.name] = self._stats.sink_errors.get(sink.name, 0) + 1
+                    self._stats.sink_errors[sink.name] = (
+                        self._stats.sink_errors.get(sink.name, 0) + 1
+                    )
                 logger.error("sink %s failed to write %d events: %s", sink.name, len(events), exc)
 
     def _flush_sinks(self, timeout: float | None) -> str | None:
