@@ -1,0 +1,1 @@
+"""Training models: the seed CNN, ResNet transfer learning, imported baselines."""
