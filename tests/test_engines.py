@@ -1,0 +1,177 @@
+"""Engine plumbing on tiny real models written to tmp_path (ONNX via torch.onnx.export, TorchScript)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.base import InputSpec
+from engines.registry import load_engine, resolve_backend
+from pipeline.errors import ConfigError, ModelError
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+SPEC = InputSpec(channels=1, height=32, width=32, mean=0.5, std=0.5)
+
+
+def tiny_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 7),
+        torch.nn.Softmax(dim=1),
+    ).eval()
+
+
+def export_onnx(net: torch.nn.Module, path: Path, spec: InputSpec | None = SPEC) -> Path:
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 1, 32, 32),),
+        str(path),
+        input_names=["input"],
+        output_names=["probs"],
+        dynamic_axes={"input": {0: "n"}, "probs": {0: "n"}},
+        dynamo=False,
+    )
+    if spec is not None:
+        m = onnx.load(str(path))
+        for k, v in spec.to_metadata().items():
+            p = m.metadata_props.add()
+            p.key, p.value = k, v
+        onnx.save(m, str(path))
+    return path
+
+
+def export_torchscript(net: torch.nn.Module, path: Path, spec: InputSpec = SPEC) -> Path:
+    ts = torch.jit.trace(net, torch.zeros(1, 1, 32, 32))
+    raw = spec.to_metadata()[InputSpec.METADATA_KEY]
+    torch.jit.save(ts, str(path), _extra_files={"input_spec.json": raw})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tiny")
+    net = tiny_net()
+    return export_onnx(net, d / "tiny.onnx"), export_torchscript(net, d / "tiny.pt")
+
+
+def crops(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32), dtype=np.uint8)
+
+
+def test_onnxruntime_engine_loads_warm_and_infers_probs(tiny: tuple[Path, Path]) -> None:
+    eng = load_engine(tiny[0], backend="onnxruntime", max_batch=8)
+    assert eng.name == "onnxruntime" and eng.precision == "fp32"
+    assert eng.input_spec == SPEC
+    p = eng.infer(crops(5))
+    assert p.shape == (5, 7) and p.dtype == np.float32
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert eng.infer(crops(0)).shape == (0, 7)
+
+
+def test_torch_engine_reads_spec_from_extra_file(tiny: tuple[Path, Path]) -> None:
+    eng = load_engine(tiny[1], backend="auto", max_batch=4)
+    assert eng.name == "torch"
+    assert eng.input_spec == SPEC
+    np.testing.assert_allclose(eng.infer(crops(3)).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_onnx_and_torch_backends_agree_on_same_model(tiny: tuple[Path, Path]) -> None:
+    x = crops(64, seed=3)
+    a = load_engine(tiny[0], backend="onnxruntime").infer(x)
+    b = load_engine(tiny[1], backend="torch").infer(x)
+    assert np.abs(a - b).max() < 1e-5
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_onnx_without_metadata_falls_back_to_shape_with_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = export_onnx(tiny_net(), tmp_path / "bare.onnx", spec=None)
+    with caplog.at_level(logging.WARNING):
+        eng = load_engine(path, backend="onnxruntime", max_batch=2)
+    assert (eng.input_spec.channels, eng.input_spec.height, eng.input_spec.width) == (1, 32, 32)
+    assert eng.input_spec.mean == 0.5
+    assert "carries no input spec" in caplog.text
+
+
+def test_torch_spec_from_sidecar_json(tmp_path: Path) -> None:
+    ts = torch.jit.trace(tiny_net(), torch.zeros(1, 1, 32, 32))
+    path = tmp_path / "side.pt"
+    torch.jit.save(ts, str(path))
+    (tmp_path / "side.json").write_text(
+        json.dumps({"channels": 1, "height": 32, "width": 32, "mean": 0.5, "std": 0.5})
+    )
+    assert load_engine(path, backend="torch", max_batch=2).input_spec == SPEC
+
+
+def test_load_engine_missing_default_model_says_bootstrap(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"emotion-stream models bootstrap --dir") as e:
+        load_engine(tmp_path / "emotion_mini_xception.onnx")
+    assert str(tmp_path / "emotion_mini_xception.onnx") in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_load_engine_missing_other_model_says_export(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match=r"emotion-stream export"):
+        load_engine(tmp_path / "mine.onnx", backend="onnxruntime")
+
+
+def test_load_engine_corrupt_onnx_is_model_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx file")
+    with pytest.raises(ModelError, match=re.escape(str(bad))):
+        load_engine(bad, backend="onnxruntime")
+
+
+def test_load_engine_corrupt_torchscript_is_model_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ModelError, match="not a TorchScript model"):
+        load_engine(bad)
+
+
+def test_load_engine_wrong_suffix_is_model_error(tmp_path: Path) -> None:
+    f = tmp_path / "model.txt"
+    f.write_text("x")
+    with pytest.raises(ModelError, match=r"model\.txt"):
+        load_engine(f)
+
+
+def test_load_engine_onnx_on_torch_backend_is_config_error(tiny: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_engine(tiny[0], backend="torch")
+
+
+def test_load_engine_bad_precision_is_config_error(tiny: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="precision"):
+        load_engine(tiny[0], precision="fp8")
+
+
+def test_resolve_backend_auto_without_tensorrt_picks_onnxruntime(tiny: tuple[Path, Path]) -> None:
+    name, reason = resolve_backend(tiny[0], "auto")
+    assert name == "onnxruntime" and "tensorrt" in reason
+    assert resolve_backend(tiny[1], "auto")[0] == "torch"
+
+
+def test_load_engine_warms_at_one_and_max_batch(
+    tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines.backends.onnxruntime import OnnxRuntimeEngine
+
+    seen: list[tuple[int, ...]] = []
+    monkeypatch.setattr(OnnxRuntimeEngine, "warmup", lambda self, sizes=(1,): seen.append(sizes))
+    load_engine(tiny[0], backend="onnxruntime", max_batch=16)
+    assert seen == [(1, 16)]
