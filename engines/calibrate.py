@@ -1,0 +1,131 @@
+"""INT8 calibration data for the TensorRT builder: an ``IInt8EntropyCalibrator2`` fed with
+aligned face crops.
+
+Crops come from a ``.npy`` file holding uint8 (n, H, W) aligned gray crops, or a directory of
+images (png/jpg/bmp/webp) that are aligned face crops; each is read as gray and resized to the
+model's input. The calibrator normalises them with the model's ``InputSpec`` and hands
+TensorRT one device buffer per batch (a torch CUDA tensor; no pycuda). The calibration table is
+cached beside the plans so a rebuild does not recalibrate.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.base import InputSpec
+from pipeline.errors import ConfigError, MissingDependencyError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm")
+
+
+def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
+    if img.shape[:2] == (spec.height, spec.width):
+        return img
+    import cv2
+
+    out = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+    return np.asarray(out, np.uint8)
+
+
+def load_crops(source: Path, spec: InputSpec, limit: int = 512) -> npt.NDArray[np.uint8]:
+    """Aligned uint8 gray crops (n, H, W) from a ``.npy`` file or a folder of crop images."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".npy":
+        arr = np.load(source)
+        if arr.dtype != np.uint8 or arr.ndim != 3:
+            raise ConfigError(
+                f"calibration crops {source} must be uint8 (n, H, W), got {arr.dtype} {arr.shape}: re-save them"
+            )
+        return np.stack([_resize(a, spec) for a in arr[:limit]])
+    if not source.is_dir():
+        raise ConfigError(
+            f"calibration data {source} is neither a .npy of crops nor a folder of images: pass one with --calib"
+        )
+    try:
+        import cv2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "opencv-python", "reading calibration images", "pip install opencv-python-headless"
+        ) from exc
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    crops = []
+    for f in files:
+        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            logger.warning("skipping unreadable calibration image %s", f)
+            continue
+        crops.append(_resize(np.asarray(img, np.uint8), spec))
+    if not crops:
+        raise ConfigError(
+            f"calibration folder {source} holds no readable images ({', '.join(IMAGE_SUFFIXES)}): add aligned face crops"
+        )
+    logger.info("calibration: %d crops from %s", len(crops), source)
+    return np.stack(crops)
+
+
+def calibration_batches(
+    crops: npt.NDArray[np.uint8], spec: InputSpec, batch_size: int
+) -> list[npt.NDArray[np.float32]]:
+    """Normalised NCHW float32 batches of exactly ``batch_size`` (the last one padded by repeats)."""
+    out = []
+    for i in range(0, len(crops), batch_size):
+        chunk = crops[i : i + batch_size]
+        if len(chunk) < batch_size:
+            reps = np.resize(np.arange(len(chunk)), batch_size - len(chunk))
+            chunk = np.concatenate([chunk, chunk[reps]])
+        out.append(spec.normalise(chunk))
+    return out
+
+
+def make_calibrator(
+    trt: Any,
+    crops: npt.NDArray[np.uint8],
+    spec: InputSpec,
+    batch_size: int,
+    cache_file: Path | None,
+    device: str = "cuda",
+) -> Any:
+    """An ``trt.IInt8EntropyCalibrator2`` over ``crops`` (built lazily: tensorrt is optional)."""
+    import torch
+
+    batches = calibration_batches(crops, spec, batch_size)
+    shape = (batch_size, spec.channels, spec.height, spec.width)
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)
+            self.index = 0
+            self.buffer = torch.empty(shape, dtype=torch.float32, device=device)
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names: list[str]) -> list[int] | None:
+            if self.index >= len(batches):
+                return None
+            self.buffer.copy_(torch.from_numpy(batches[self.index]))
+            self.index += 1
+            if self.index % 10 == 0 or self.index == len(batches):
+                logger.info("calibration batch %d/%d", self.index, len(batches))
+            return [int(self.buffer.data_ptr())] * len(names)
+
+        def read_calibration_cache(self) -> bytes | None:
+            if cache_file is not None and cache_file.is_file():
+                logger.info("using calibration table %s", cache_file)
+                return cache_file.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Any) -> None:
+            if cache_file is not None:
+                from engines.cache import atomic_write
+
+                atomic_write(cache_file, bytes(cache))
+
+    return EntropyCalibrator()
