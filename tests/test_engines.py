@@ -175,3 +175,106 @@ def test_load_engine_warms_at_one_and_max_batch(
     monkeypatch.setattr(OnnxRuntimeEngine, "warmup", lambda self, sizes=(1,): seen.append(sizes))
     load_engine(tiny[0], backend="onnxruntime", max_batch=16)
     assert seen == [(1, 16)]
+
+
+def test_parity_onnx_vs_torch_reference_passes(tiny: tuple[Path, Path]) -> None:
+    from engines.parity import run_parity
+
+    ref, rows = run_parity(tiny[0], tiny[1], n=64)
+    assert ref.startswith("torch fp32 cpu")
+    (row,) = [r for r in rows if r.backend == "onnxruntime"]
+    assert (
+        row.n == 64 and row.passed is True and row.top1_agreement == 1.0 and row.max_abs_diff < 1e-5
+    )
+
+
+def test_parity_flags_a_different_model(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from engines.parity import run_parity
+
+    other = tiny_net()
+    with torch.no_grad():
+        other[-2].weight.mul_(-1.0)  # same shapes, flipped classifier: must not pass
+    ts = export_torchscript(other, tmp_path / "other.pt")
+    _, rows = run_parity(tiny[0], ts, n=64, which=[("onnxruntime", "fp32", None)])
+    assert rows[0].passed is False and rows[0].top1_agreement < 0.9
+
+
+def test_default_crops_are_deterministic_and_varied() -> None:
+    from engines.parity import default_crops
+
+    a, b = default_crops(SPEC, 32), default_crops(SPEC, 32)
+    assert a.shape == (32, 32, 32) and a.dtype == np.uint8 and (a == b).all()
+    assert len({x.tobytes() for x in a}) == 32
+
+
+def test_bench_rows_have_figures_and_speedup(tiny: tuple[Path, Path]) -> None:
+    from engines.bench import bench_engine
+
+    eng = load_engine(tiny[0], backend="onnxruntime", max_batch=8)
+    rows = bench_engine(eng, [8, 1], iters=5)
+    assert [r.batch for r in rows] == [1, 8]
+    assert rows[0].speedup_vs_b1 == 1.0 and rows[1].speedup_vs_b1 is not None
+    for r in rows:
+        assert (
+            r.images_per_s > 0 and 0 < r.p50_ms <= r.p99_ms and r.peak_rss_mb > 0 and r.iters == 5
+        )
+
+
+def test_cli_engines_bench_json(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    rc = main(
+        [
+            "engines",
+            "bench",
+            str(tiny[0]),
+            "--backend",
+            "onnxruntime",
+            "--batch-sizes",
+            "1,4",
+            "--iters",
+            "3",
+            "--min-seconds",
+            "0",
+            "--json",
+        ]
+    )
+    out = capsys.readouterr()
+    rows = json.loads(out.out)
+    assert rc == 0 and [r["batch"] for r in rows] == [1, 4]
+    assert {"backend", "precision", "batch", "images_per_s", "p50_ms", "p99_ms"} <= set(rows[0])
+    assert "bench onnxruntime fp32 batch 4" in out.err
+
+
+def test_cli_engines_parity_json(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    rc = main(["engines", "parity", str(tiny[0]), "--torch", str(tiny[1]), "--n", "32", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["passed"] is True and doc["rows"][0]["backend"] == "onnxruntime"
+
+
+def test_cli_engines_list_names_every_backend(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    assert main(["engines", "list", "--json"]) == 0
+    rows = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"tensorrt", "onnxruntime", "torch"}
+    assert rows["onnxruntime"]["available"] is True
+
+
+def test_cli_engines_build_without_tensorrt_is_one_line(
+    tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from pipeline.cli import main
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    rc = main(["engines", "build", str(tiny[0]), "--precision", "fp16"])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and err.startswith("error:") and "tensorrt" in err and "\n" not in err
