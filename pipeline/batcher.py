@@ -10,6 +10,9 @@ One owner thread drives the engine: it takes the oldest submission, waits at mos
 - An engine exception fails the futures of that batch only; the next batch runs normally.
 - ``enabled=False`` runs each submission alone (the comparison point for batching).
 - ``close()`` drains: every submission accepted before it gets its result.
+- Early dispatch: when every thread that submitted within the last ``active_window_s`` already
+  has a submission in the batch, nobody else is coming (stream threads wait for their result
+  before submitting again), so the batch runs without waiting out ``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class _Item:
     index: int
     crops: npt.NDArray[np.uint8]
     submitted: float
+    thread: int
 
 
 _STOP = object()
@@ -90,6 +94,7 @@ class MicroBatcher:
         max_wait_ms: float,
         enabled: bool = True,
         queue_size: int = 256,
+        active_window_s: float = 1.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -99,6 +104,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.enabled = enabled
+        self.active_window_s = active_window_s
+        self._submitters: dict[int, float] = {}  # thread id -> last submit time
+        self._early = 0
         self._q: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._cond = threading.Condition()
         self._closed = False
@@ -144,10 +152,12 @@ class MicroBatcher:
             if self._closed:
                 raise RuntimeError("MicroBatcher is closed: submit before close()")
             self._submitting += 1
-        try:
             now = time.monotonic()
+            tid = threading.get_ident()
+            self._submitters[tid] = now
+        try:
             for i, chunk in enumerate(chunks):
-                self._q.put(_Item(job, i, chunk, now))  # blocks when full: backpressure
+                self._q.put(_Item(job, i, chunk, now, tid))  # blocks when full: backpressure
         finally:
             with self._cond:
                 self._submitting -= 1
@@ -180,6 +190,7 @@ class MicroBatcher:
                 "wait_ms_mean": round(1000 * self._wait_s / self._items, 3) if self._items else 0.0,
                 "infer_ms_mean": round(1000 * self._infer_s / b, 3) if b else 0.0,
                 "errors": self._errors,
+                "early_dispatch": self._early,
             }
 
     # ------------------------------------------------------------------ owner thread
@@ -204,6 +215,9 @@ class MicroBatcher:
         deadline = first.submitted + self.max_wait_s
         while n < self.max_batch:
             remaining = deadline - time.monotonic()
+            if remaining > 0 and self._q.empty() and self._all_submitters_in(batch):
+                self._early += 1
+                break
             try:
                 item = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
             except queue.Empty:
@@ -215,6 +229,16 @@ class MicroBatcher:
             batch.append(item)
             n += len(item.crops)
         return batch, None, False
+
+    def _all_submitters_in(self, batch: list[_Item]) -> bool:
+        """True when every recently active submitting thread already waits in ``batch``."""
+        now = time.monotonic()
+        with self._cond:
+            stale = [t for t, seen in self._submitters.items() if now - seen > self.active_window_s]
+            for t in stale:
+                del self._submitters[t]
+            active = set(self._submitters)
+        return active <= {it.thread for it in batch}
 
     def _run(self, batch: list[_Item]) -> None:
         t0 = time.monotonic()

@@ -147,10 +147,24 @@ def test_batcher_full_queue_blocks_submitter_until_space() -> None:
     assert [int(f.result()[0, 0]) for f in futs] == [0, 1, 2]
 
 
-def test_batcher_waits_at_most_max_wait_for_a_batch() -> None:
-    b = MicroBatcher(RecordingEngine(), max_batch=64, max_wait_ms=30)
+def test_batcher_waits_at_most_max_wait_for_other_active_streams() -> None:
+    b = MicroBatcher(RecordingEngine(), max_batch=64, max_wait_ms=50)
+    other = threading.Thread(target=lambda: b.submit(crops_of(2)).result(timeout=5))
+    other.start()
+    other.join()  # another stream is active and may submit again: the batch waits for it
     t0 = time.monotonic()
     b.submit(crops_of(1)).result(timeout=5)
     took = time.monotonic() - t0
     b.close()
-    assert 0.02 < took < 1.0
+    assert 0.04 < took < 1.0
+
+
+def test_batcher_dispatches_early_when_all_active_streams_are_in() -> None:
+    b = MicroBatcher(RecordingEngine(), max_batch=64, max_wait_ms=500)
+    t0 = time.monotonic()
+    for i in range(3):
+        b.submit(crops_of(i)).result(timeout=5)
+    took = time.monotonic() - t0
+    b.close()
+    assert took < 0.4  # 3 x 500 ms if it waited out max_wait_ms
+    assert b.stats()["early_dispatch"] >= 2
