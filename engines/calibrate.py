@@ -1,9 +1,10 @@
 """INT8 calibration data for the TensorRT builder: an ``IInt8EntropyCalibrator2`` fed with
 aligned face crops.
 
-Crops come from a ``.npy`` file holding uint8 (n, H, W) aligned gray crops, or a directory of
-images (png/jpg/bmp/webp) that are aligned face crops; each is read as gray and resized to the
-model's input. The calibrator normalises them with the model's ``InputSpec`` and hands
+Crops come from a ``.npy`` file holding uint8 (n, H, W) aligned gray crops, a directory of
+images (png/jpg/bmp/webp) that are aligned face crops (read as gray, resized to the model's
+input), or a video file whose faces are detected and aligned by the worker's own detector and
+``pipeline.align`` (so calibration and parity see exactly what the worker feeds the engine). The calibrator normalises them with the model's ``InputSpec`` and hands
 TensorRT one device buffer per batch (a torch CUDA tensor; no pycuda). The calibration table is
 cached beside the plans so a rebuild does not recalibrate.
 """
@@ -23,6 +24,7 @@ from pipeline.errors import ConfigError, MissingDependencyError
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts")
 
 
 def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
@@ -34,9 +36,50 @@ def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8
     return np.asarray(out, np.uint8)
 
 
+def crops_from_video(
+    video: Path, spec: InputSpec, limit: int = 512, every: int = 3, detector: Any = None
+) -> npt.NDArray[np.uint8]:
+    """Detect and align the faces of every ``every``-th frame of ``video`` (the worker's path)."""
+    import av
+
+    from pipeline.align import align_faces
+
+    if detector is None:
+        from pipeline.config import DetectorSettings
+        from pipeline.detect import FaceDetector
+
+        detector = FaceDetector(DetectorSettings())
+    if spec.height != spec.width:
+        raise ConfigError(
+            f"aligned crops are square; the model wants {spec.height}x{spec.width}: pass a .npy of crops"
+        )
+    crops: list[npt.NDArray[np.uint8]] = []
+    n = 0
+    with av.open(str(video)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i % every:
+                continue
+            img = np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)
+            faces = detector.detect(img)
+            if len(faces):
+                crops.append(align_faces(img, faces, spec.height))
+                n += len(faces)
+            if n >= limit:
+                break
+    if not crops:
+        raise ConfigError(
+            f"no faces found in {video}: pass a video with faces, a folder of crops or a .npy"
+        )
+    out = np.concatenate(crops)[:limit]
+    logger.info("%d aligned face crops from %s", len(out), video)
+    return out
+
+
 def load_crops(source: Path, spec: InputSpec, limit: int = 512) -> npt.NDArray[np.uint8]:
-    """Aligned uint8 gray crops (n, H, W) from a ``.npy`` file or a folder of crop images."""
+    """Aligned uint8 gray crops (n, H, W) from a ``.npy``, a folder of crop images, or a video."""
     source = Path(source)
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        return crops_from_video(source, spec, limit)
     if source.is_file() and source.suffix == ".npy":
         arr = np.load(source)
         if arr.dtype != np.uint8 or arr.ndim != 3:
@@ -46,7 +89,7 @@ def load_crops(source: Path, spec: InputSpec, limit: int = 512) -> npt.NDArray[n
         return np.stack([_resize(a, spec) for a in arr[:limit]])
     if not source.is_dir():
         raise ConfigError(
-            f"calibration data {source} is neither a .npy of crops nor a folder of images: pass one with --calib"
+            f"crops source {source} is not a .npy of crops, a folder of images or a video: pass one"
         )
     try:
         import cv2

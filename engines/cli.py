@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--calib",
         type=Path,
         default=None,
-        help="int8: folder of aligned face crops or .npy of crops.",
+        help="int8 calibration: folder of aligned face crops, .npy of crops, or a video with faces.",
     )
     build.add_argument(
         "--cache", "--out", dest="cache", type=Path, default=None, help="Plan cache folder."
@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--crops",
         type=Path,
         default=None,
-        help="Aligned face crops: .npy (n,H,W) uint8 or a folder of images.",
+        help="Real aligned face crops: .npy (n,H,W) uint8, a folder of crop images, or a video (faces detected and aligned as the worker does).",
     )
     par.add_argument(
         "--n", type=int, default=256, help="Number of default crops when --crops is not given."

@@ -278,3 +278,38 @@ def test_cli_engines_build_without_tensorrt_is_one_line(
     rc = main(["engines", "build", str(tiny[0]), "--precision", "fp16"])
     err = capsys.readouterr().err.strip()
     assert rc != 0 and err.startswith("error:") and "tensorrt" in err and "\n" not in err
+
+
+def test_crops_from_video_detects_and_aligns_every_nth_frame(tmp_path: Path) -> None:
+    import av
+
+    from engines.calibrate import load_crops
+    from pipeline.types import Faces
+
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 96, 96, "yuv420p"
+        for i in range(12):
+            img = np.full((96, 96, 3), 20 * i, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+
+    class OneFace:  # test double of the detector: one face at a fixed place
+        calls = 0
+
+        def detect(self, image: np.ndarray) -> Faces:
+            OneFace.calls += 1
+            kps = [[38, 40], [58, 40], [48, 50], [40, 60], [56, 60]]
+            return Faces.create([[28, 28, 68, 72]], [0.9], [kps])
+
+    from engines import calibrate
+
+    got = calibrate.crops_from_video(video, SPEC, limit=3, every=2, detector=OneFace())
+    assert got.shape == (3, 32, 32) and got.dtype == np.uint8
+    assert OneFace.calls == 3  # frames 0, 2, 4 then the limit is reached
+    assert got[0].mean() < got[2].mean()  # brighter frames later: real pixels came through
+    with pytest.raises(ConfigError, match=r"not a \.npy"):
+        load_crops(tmp_path / "nothing.bin", SPEC)
