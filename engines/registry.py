@@ -5,7 +5,9 @@ optional dependency (tensorrt, torch, onnxruntime) fails only the backend that n
 
 ``backend="auto"``: a ``.plan``/``.engine`` file -> tensorrt; a ``.pt`` -> torch; an ``.onnx``
 -> tensorrt when ``tensorrt`` imports and CUDA is present (the plan is built or taken from the
-cache), else onnxruntime (CUDA execution provider where present, else CPU). The choice and its
+cache), else onnxruntime with its CUDA execution provider, else torch on CUDA when a TorchScript
+``MODEL.pt`` sits beside the ONNX (GPU machines with a CPU-only onnxruntime), else onnxruntime
+on CPU. The choice and its
 reason are logged; ``engine.name`` and ``engine.precision`` say what runs.
 """
 
@@ -133,7 +135,23 @@ def resolve_backend(model: Path, backend: str = "auto") -> tuple[str, str]:
     trt = availability("tensorrt")
     if trt.available:
         return "tensorrt", "tensorrt imports and a CUDA device is present"
-    return "onnxruntime", f"tensorrt not usable ({trt.reason.split(';')[0]})"
+    why = f"tensorrt not usable ({trt.reason.split(';')[0]})"
+    if _ort_has_cuda():
+        return "onnxruntime", f"{why}; onnxruntime has the CUDA execution provider"
+    if cuda_available() and Path(model).with_suffix(".pt").is_file():
+        return (
+            "torch",
+            f"{why}; onnxruntime has no CUDA provider, torch CUDA runs the TorchScript beside it",
+        )
+    return "onnxruntime", f"{why}; onnxruntime on CPU"
+
+
+def _ort_has_cuda() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
 def backend_class(backend: str) -> type[Engine]:
@@ -167,6 +185,8 @@ def load_engine(
         raise ConfigError(f"max_batch must be >= 1, got {max_batch}: pass a positive batch size")
     require_file(model, tuple(s for v in SUFFIXES.values() for s in v), "emotion")
     name, reason = resolve_backend(model, backend)
+    if backend == "auto" and name == "torch" and model.suffix.lower() == ".onnx":
+        model = model.with_suffix(".pt")
     if model.suffix.lower() not in SUFFIXES[name]:
         raise ConfigError(
             f"the {name} backend cannot read {model} (wants {'/'.join(SUFFIXES[name])}): pick another --backend or model"

@@ -313,3 +313,16 @@ def test_crops_from_video_detects_and_aligns_every_nth_frame(tmp_path: Path) -> 
     assert got[0].mean() < got[2].mean()  # brighter frames later: real pixels came through
     with pytest.raises(ConfigError, match=r"not a \.npy"):
         load_crops(tmp_path / "nothing.bin", SPEC)
+
+
+def test_resolve_backend_auto_prefers_torch_cuda_when_onnxruntime_is_cpu_only(
+    tiny: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines import registry
+
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    monkeypatch.setattr(registry, "_ort_has_cuda", lambda: False)
+    name, reason = registry.resolve_backend(tiny[0], "auto")
+    assert name == "torch" and "torch CUDA" in reason
+    monkeypatch.setattr(registry, "_ort_has_cuda", lambda: True)
+    assert registry.resolve_backend(tiny[0], "auto")[0] == "onnxruntime"
