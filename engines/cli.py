@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -249,11 +249,17 @@ def _bench_plan(args: argparse.Namespace, model: Path) -> list[tuple[str, Path, 
             alt = [
                 model.with_suffix(s) for s in SUFFIXES.get(b, ()) if model.with_suffix(s).is_file()
             ]
-            if not alt:
+            if not alt and args.backend == "all":
                 logger.warning("skipping %s: no model file it reads beside %s", b, model)
                 continue
-            file = alt[0]
+            file = (
+                alt[0] if alt else model.with_suffix(SUFFIXES[b][0])
+            )  # missing: load says how to get it
         plan += [(b, file, p) for p in precisions]
+    if not plan:
+        raise ModelError(
+            f"no backend can run {model} here: check `emotion-stream engines list` and the model path"
+        )
     return plan
 
 

@@ -150,14 +150,14 @@ class TensorRTEngine(Engine):
                 f"{self.plan_path} has inputs {inputs} and outputs {outputs}; expected one input and one output"
             )
         self._in, self._out = inputs[0], outputs[0]
-        profile_max = int(eng.get_tensor_profile_shape(self._in, 0)[2][0])
+        profile_max = int(next(iter(eng.get_tensor_profile_shape(self._in, 0)[2])))
         if max_batch > profile_max:
             raise ConfigError(
                 f"{self.plan_path} allows batches up to {profile_max}, not {max_batch}: lower --max-batch or rebuild the plan"
             )
         self.max_batch = max_batch
         s = self._spec
-        n_out = int(eng.get_tensor_shape(self._out)[-1])
+        n_out = int(tuple(eng.get_tensor_shape(self._out))[-1])
         cuda = self.device.startswith("cuda")
         in_dt, out_dt = (
             _torch_dtype(trt, eng.get_tensor_dtype(self._in)),
