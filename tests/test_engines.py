@@ -326,3 +326,20 @@ def test_resolve_backend_auto_prefers_torch_cuda_when_onnxruntime_is_cpu_only(
     assert name == "torch" and "torch CUDA" in reason
     monkeypatch.setattr(registry, "_ort_has_cuda", lambda: True)
     assert registry.resolve_backend(tiny[0], "auto")[0] == "onnxruntime"
+
+
+def test_onnxruntime_fixed_batch_model_runs_in_chunks(tmp_path: Path) -> None:
+    net = tiny_net()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(
+        net,
+        (torch.zeros(2, 1, 32, 32),),
+        str(path),
+        input_names=["input"],
+        output_names=["probs"],
+        dynamo=False,
+    )
+    eng = load_engine(path, backend="onnxruntime", max_batch=4)
+    x = crops(5, seed=7)
+    ref = load_engine(export_torchscript(net, tmp_path / "fixed.pt"), backend="torch").infer(x)
+    np.testing.assert_allclose(eng.infer(x), ref, atol=1e-5)
