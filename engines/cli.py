@@ -201,7 +201,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from engines.calibrate import load_crops
 
         crops = load_crops(args.crops, onnx_spec(args.model), limit=10_000)
-    ref, rows = run_parity(args.model, args.torch, crops=crops, n=args.n)
+    ref, rows = run_parity(
+        args.model, args.torch, crops=crops, n=args.n, int8_calib=args.int8_calib
+    )
     ok = all(r.passed is not False for r in rows)
     if args.json:
         th = {

@@ -86,7 +86,7 @@ def compare(
     )
 
 
-def candidates(has_torch_model: bool) -> list[tuple[str, str, str | None]]:
+def candidates(has_torch_model: bool, int8: bool = False) -> list[tuple[str, str, str | None]]:
     """(backend, precision, device) to compare here: what is installed and has a device."""
     out: list[tuple[str, str, str | None]] = []
     if availability("onnxruntime").available:
@@ -95,6 +95,8 @@ def candidates(has_torch_model: bool) -> list[tuple[str, str, str | None]]:
         out += [("torch", "fp32", "cuda"), ("torch", "fp16", "cuda")]
     if availability("tensorrt").available:
         out += [("tensorrt", "fp32", None), ("tensorrt", "fp16", None)]
+        if int8:
+            out.append(("tensorrt", "int8", None))
     return out
 
 
@@ -112,6 +114,7 @@ def run_parity(
     n: int = 256,
     which: list[tuple[str, str, str | None]] | None = None,
     max_batch: int = 32,
+    int8_calib: Path | None = None,
 ) -> tuple[str, list[ParityRow]]:
     """Compare backends with the reference; returns (reference description, rows)."""
     onnx_model = Path(onnx_model)
