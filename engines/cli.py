@@ -91,6 +91,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     par.add_argument(
         "--n", type=int, default=256, help="Number of default crops when --crops is not given."
     )
+    par.add_argument(
+        "--int8-calib",
+        type=Path,
+        default=None,
+        help="Also compare a TensorRT int8 plan calibrated on these crops.",
+    )
     par.add_argument("--json", action="store_true", help="Print JSON.")
     par.set_defaults(func=cmd_parity)
 
