@@ -1,0 +1,1 @@
+"""Offline, reproducible builds of the default models (see ``manifest.bootstrap``)."""
