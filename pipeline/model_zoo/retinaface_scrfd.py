@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -117,7 +118,7 @@ def _stride_tail(level: int, stride: int) -> tuple[list[onnx.NodeProto], list[on
             perm=[0, 2, 3, 1],
         )
 
-    def node(op: str, ins: list[str], out: str, **attrs: object) -> onnx.NodeProto:
+    def node(op: str, ins: list[str], out: str, **attrs: Any) -> onnx.NodeProto:
         return helper.make_node(op, ins, [out], name=out, **attrs)
 
     nodes = [nhwc("score"), nhwc("bbox"), nhwc("kps")]
