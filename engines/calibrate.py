@@ -37,7 +37,12 @@ def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8
 
 
 def crops_from_video(
-    video: Path, spec: InputSpec, limit: int = 512, every: int = 3, detector: Any = None
+    video: Path,
+    spec: InputSpec,
+    limit: int = 512,
+    every: int = 3,
+    detector: Any = None,
+    detector_dir: Path | None = None,
 ) -> npt.NDArray[np.uint8]:
     """Detect and align the faces of every ``every``-th frame of ``video`` (the worker's path)."""
     import av
@@ -48,7 +53,10 @@ def crops_from_video(
         from pipeline.config import DetectorSettings
         from pipeline.detect import FaceDetector
 
-        detector = FaceDetector(DetectorSettings())
+        settings = (
+            DetectorSettings() if detector_dir is None else DetectorSettings(model_dir=detector_dir)
+        )
+        detector = FaceDetector(settings)
     if spec.height != spec.width:
         raise ConfigError(
             f"aligned crops are square; the model wants {spec.height}x{spec.width}: pass a .npy of crops"
@@ -75,11 +83,17 @@ def crops_from_video(
     return out
 
 
-def load_crops(source: Path, spec: InputSpec, limit: int = 512) -> npt.NDArray[np.uint8]:
+def load_crops(
+    source: Path,
+    spec: InputSpec,
+    limit: int = 512,
+    detector_dir: Path | None = None,
+    every: int = 3,
+) -> npt.NDArray[np.uint8]:
     """Aligned uint8 gray crops (n, H, W) from a ``.npy``, a folder of crop images, or a video."""
     source = Path(source)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-        return crops_from_video(source, spec, limit)
+        return crops_from_video(source, spec, limit, every=every, detector_dir=detector_dir)
     if source.is_file() and source.suffix == ".npy":
         arr = np.load(source)
         if arr.dtype != np.uint8 or arr.ndim != 3:

@@ -89,7 +89,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Real aligned face crops: .npy (n,H,W) uint8, a folder of crop images, or a video (faces detected and aligned as the worker does).",
     )
     par.add_argument(
-        "--n", type=int, default=256, help="Number of default crops when --crops is not given."
+        "--n",
+        type=int,
+        default=256,
+        help="Number of crops (default synthetic ones, or at most this many from --crops).",
     )
     par.add_argument(
         "--int8-calib",
@@ -97,6 +100,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="Also compare a TensorRT int8 plan calibrated on these crops.",
     )
+    par.add_argument(
+        "--detector-dir",
+        type=Path,
+        default=None,
+        help="Detector model folder for --crops VIDEO (default: models).",
+    )
+    par.add_argument("--every", type=int, default=3, help="--crops VIDEO: use every Nth frame.")
     par.add_argument("--json", action="store_true", help="Print JSON.")
     par.set_defaults(func=cmd_parity)
 
@@ -206,7 +216,9 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from engines.backends import onnx_spec
         from engines.calibrate import load_crops
 
-        crops = load_crops(args.crops, onnx_spec(args.model), limit=10_000)
+        crops = load_crops(
+            args.crops, onnx_spec(args.model), limit=args.n, detector_dir=args.detector_dir
+        )
     ref, rows = run_parity(
         args.model, args.torch, crops=crops, n=args.n, int8_calib=args.int8_calib
     )
