@@ -217,7 +217,11 @@ def cmd_parity(args: argparse.Namespace) -> int:
         from engines.calibrate import load_crops
 
         crops = load_crops(
-            args.crops, onnx_spec(args.model), limit=args.n, detector_dir=args.detector_dir
+            args.crops,
+            onnx_spec(args.model),
+            limit=args.n,
+            detector_dir=args.detector_dir,
+            every=args.every,
         )
     ref, rows = run_parity(
         args.model, args.torch, crops=crops, n=args.n, int8_calib=args.int8_calib

@@ -343,3 +343,25 @@ def test_onnxruntime_fixed_batch_model_runs_in_chunks(tmp_path: Path) -> None:
     x = crops(5, seed=7)
     ref = load_engine(export_torchscript(net, tmp_path / "fixed.pt"), backend="torch").infer(x)
     np.testing.assert_allclose(eng.infer(x), ref, atol=1e-5)
+
+
+def test_cli_engines_parity_on_given_crops(
+    tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline.cli import main
+
+    np.save(tmp_path / "crops.npy", crops(20, seed=5))
+    argv = [
+        "engines",
+        "parity",
+        str(tiny[0]),
+        "--torch",
+        str(tiny[1]),
+        "--crops",
+        str(tmp_path / "crops.npy"),
+        "--n",
+        "12",
+        "--json",
+    ]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["rows"][0]["n"] == 12
