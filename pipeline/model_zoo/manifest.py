@@ -178,7 +178,12 @@ def _entry(models_dir: Path, rel: str, group: _Group) -> ModelEntry:
 def bootstrap(models_dir: Path, force: bool = False) -> list[ModelEntry]:
     """Build whatever default model is missing or changed (everything with ``force``)."""
     models_dir = Path(models_dir)
-    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        models_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(
+            f"cannot create models folder {models_dir} ({exc.strerror}): pick another --dir"
+        ) from exc
     manifest = {} if force else read_manifest(models_dir)
     entries: list[ModelEntry] = []
     for group in GROUPS:
