@@ -42,11 +42,7 @@ class TorchConfig(BaseModel):
     )
     optimize: bool = Field(
         True,
-        description="Freeze the module and apply torch.jit.optimize_for_inference (folds batch norm; ~8x faster on CPU).",
-    )
-    flush_denormal: bool = Field(
-        True,
-        description="Flush denormal floats to zero on CPU (process-wide); the fer mini-Xception hits denormals and runs ~200x slower without it.",
+        description="Freeze the module and apply torch.jit.optimize_for_inference (folds batch norm; ~30% faster at batch 32 on CPU).",
     )
     channels_last: bool = Field(
         False, description="Run in channels-last memory format (sometimes faster on CUDA)."
@@ -83,8 +79,6 @@ class TorchEngine(Engine):
         self.max_batch = max_batch
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
-        if self.config.flush_denormal:
-            torch.set_flush_denormal(True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(
