@@ -357,6 +357,7 @@ class VideoSource:
         import av
 
         s = self.settings
+        t0 = time.monotonic()
         try:
             container = av.open(
                 self.spec.url,
@@ -367,7 +368,7 @@ class VideoSource:
         except Exception as exc:
             if self._stop.is_set():
                 raise _StoppedError from None
-            raise self._open_error(exc) from None
+            raise self._open_error(exc, time.monotonic() - t0) from None
         if not container.streams.video:
             container.close()
             raise SourceError(
@@ -377,10 +378,11 @@ class VideoSource:
         stream.thread_type = "AUTO"
         return container, stream
 
-    def _open_error(self, exc: Exception) -> SourceError:
+    def _open_error(self, exc: Exception, elapsed: float) -> SourceError:
         import av
 
         d = self.spec.display
+        s = self.settings
         if self.spec.kind is SourceKind.FILE:
             if isinstance(exc, av.error.InvalidDataError):
                 return SourceError(
@@ -405,10 +407,12 @@ class VideoSource:
             return SourceError(
                 f"{d}: connection refused: check host and port, and that the server runs"
             )
-        if isinstance(exc, TimeoutError | av.error.ExitError):
+        timed_out = elapsed >= 0.9 * min(s.open_timeout_s, s.read_timeout_s)
+        if isinstance(exc, TimeoutError | av.error.ExitError) or timed_out:
             return SourceError(
-                f"{d}: no answer within {self.settings.open_timeout_s:g}s: check host, port and firewall"
-                f" (rtsp_transport={self.settings.rtsp_transport})"
+                f"{d}: no answer within {elapsed:.1f}s (open_timeout_s={s.open_timeout_s:g},"
+                f" read_timeout_s={s.read_timeout_s:g}): check host, port, firewall and"
+                f" rtsp_transport={s.rtsp_transport}"
             )
         return SourceError(
             f"{d}: cannot open ({_why(exc)}): check the URL and that the server runs"
