@@ -203,6 +203,7 @@ class VideoSource:
         self._first_decode: float | None = None
         self._last_decode: float | None = None
         self._pts_offset = 0.0  # media seconds of earlier loops of a file
+        self._file_t0: float | None = None
 
     # -- public API ----------------------------------------------------------------
 
@@ -258,13 +259,13 @@ class VideoSource:
             pass
         except SourceError as exc:
             self.error = exc
-            logger.error("source %s: %s", self.spec.stream_id, exc)
+            logger.info("source %s: ended with error: %s", self.spec.stream_id, exc)
         except Exception as exc:
             self.error = SourceError(
                 f"{self.spec.display}: decoding failed after {self._decoded} frames ({type(exc).__name__}: {exc}): "
                 "check the input"
             )
-            logger.exception("source %s: decoding failed", self.spec.display)
+            logger.debug("source %s: decoding failed", self.spec.display, exc_info=True)
         finally:
             self._finished.set()
 
@@ -429,7 +430,11 @@ class VideoSource:
         """Decode until the end of this container; returns why it ended (live) or raises."""
         import av
 
-        opened_at = time.time()
+        if self._file_t0 is None:
+            self._file_t0 = (
+                time.time()
+            )  # a file's wall clock: first open + media time, across loops
+        opened_at = self._file_t0
         mono0 = time.monotonic()
         first_pts: float | None = None
         last_pts = 0.0

@@ -329,10 +329,12 @@ def test_source_loop_keeps_counting_frames_and_time(sample_clip: Path) -> None:
     src = VideoSource(parse_source(str(sample_clip)), SourceSettings(loop=True, max_frames=250))
     frames = drain(src)
     assert [f.frame_num for f in frames] == list(range(250))
-    pts = [f.pts for f in frames]
-    assert all(p is not None for p in pts)
-    steps = np.diff(np.array(pts, np.float64))
+    assert all(f.pts is not None for f in frames)
+    pts = np.array([f.pts for f in frames], np.float64)
+    steps = np.diff(pts)
     np.testing.assert_allclose(steps, 0.04, atol=1e-6)  # seamless across the loop boundary
+    wall = np.array([f.wall_ts for f in frames])
+    np.testing.assert_allclose(wall - wall[0], pts - pts[0], atol=1e-5)
 
 
 @pytest.mark.integration
@@ -523,3 +525,41 @@ def test_source_rtsp_stop_during_read_is_prompt(rtsp_server: Any) -> None:
     while src.get(timeout=0.05) is not None:
         pass
     assert src.ended
+
+
+# ------------------------------------------------------------------ HTTP (real loopback server)
+
+
+@pytest.fixture
+def http_media(sample_clip: Path) -> Iterator[str]:
+    """http://127.0.0.1:P/ serving the sample clip's folder (Python's http.server)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(sample_clip.parent))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.integration
+def test_source_http_file_decodes_like_local_file(http_media: str) -> None:
+    spec = parse_source(f"{http_media}/sample.mp4")
+    assert spec.kind is SourceKind.HTTP and not spec.is_live
+    src = VideoSource(spec, SourceSettings(max_frames=30))
+    frames = drain(src)
+    assert src.error is None and [f.frame_num for f in frames] == list(range(30))
+
+
+@pytest.mark.integration
+def test_source_http_not_found_is_one_line_error(http_media: str) -> None:
+    src = VideoSource(parse_source(f"{http_media}/missing.mp4"), rtsp_settings())
+    assert drain(src) == []
+    assert "404" in one_line(src.error, "missing.mp4")
