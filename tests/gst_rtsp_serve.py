@@ -13,6 +13,7 @@ Prints ``READY`` once it listens on 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -104,6 +105,15 @@ def main() -> int:
     loop = GLib.MainLoop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, sig, loop.quit)
+    parent = os.getppid()
+
+    def orphaned() -> bool:  # the test run died without stopping us: exit too
+        if os.getppid() != parent:
+            loop.quit()
+            return False
+        return True
+
+    GLib.timeout_add_seconds(1, orphaned)
     print(
         f"READY rtsp://{args.host}:{args.port}{args.path} {len(units)} frames {fps} fps", flush=True
     )
