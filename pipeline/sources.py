@@ -262,7 +262,8 @@ class VideoSource:
             logger.info("source %s: ended with error: %s", self.spec.stream_id, exc)
         except Exception as exc:
             self.error = SourceError(
-                f"{self.spec.display}: decoding failed after {self._decoded} frames ({type(exc).__name__}: {exc}): "
+                f"{self.spec.display}: decoding failed after {self._decoded} frames"
+                f" ({type(exc).__name__}: {_why(exc, self.spec)}): "
                 "check the input"
             )
             logger.debug("source %s: decoding failed", self.spec.display, exc_info=True)
@@ -394,7 +395,7 @@ class VideoSource:
             if isinstance(exc, FileNotFoundError):
                 return SourceError(f"{d}: file not found: check the path")
             return SourceError(
-                f"{d}: cannot open ({_why(exc)}): check that it is a readable video file"
+                f"{d}: cannot open ({_why(exc, self.spec)}): check that it is a readable video file"
             )
         if isinstance(
             exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError
@@ -416,7 +417,7 @@ class VideoSource:
                 f" rtsp_transport={s.rtsp_transport}"
             )
         return SourceError(
-            f"{d}: cannot open ({_why(exc)}): check the URL and that the server runs"
+            f"{d}: cannot open ({_why(exc, self.spec)}): check the URL and that the server runs"
         )
 
     # -- decoding ------------------------------------------------------------------
@@ -458,7 +459,7 @@ class VideoSource:
             if self._stop.is_set():
                 raise _StoppedError from None
             if live:
-                raise _DroppedError(_why(exc)) from None
+                raise _DroppedError(_why(exc, self.spec)) from None
             if isinstance(exc, av.error.InvalidDataError | EOFError | av.error.EOFError):
                 raise SourceError(
                     f"{self.spec.display}: corrupt or truncated video after {self._decoded - start_count} good frames:"
@@ -554,8 +555,11 @@ class VideoSource:
             self._queued += 1
 
 
-def _why(exc: BaseException) -> str:
-    """A short one-line reason from a PyAV/OS error, without file names (callers add the display form)."""
+def _why(exc: BaseException, spec: SourceSpec | None = None) -> str:
+    """A short one-line reason from a PyAV/OS error, without file names (callers add the display
+    form); the source's URL, should it appear, is replaced by its redacted form."""
     strerror = getattr(exc, "strerror", None)
     text = str(strerror) if strerror else str(exc) or type(exc).__name__
+    if spec is not None and spec.url != spec.display:
+        text = text.replace(spec.url, spec.display)
     return " ".join(text.split())

@@ -563,3 +563,16 @@ def test_source_http_not_found_is_one_line_error(http_media: str) -> None:
     src = VideoSource(parse_source(f"{http_media}/missing.mp4"), rtsp_settings())
     assert drain(src) == []
     assert "404" in one_line(src.error, "missing.mp4")
+
+
+def test_source_unexpected_error_is_one_line_and_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = parse_source("rtsp://u:topsecret@127.0.0.1:9/cam", "cam")
+
+    def boom(self: VideoSource) -> None:
+        raise RuntimeError(f"weird failure opening {spec.url}\nsecond line")
+
+    monkeypatch.setattr(VideoSource, "_run_live", boom)
+    src = VideoSource(spec, SourceSettings())
+    drain(src, timeout=5)
+    msg = one_line(src.error, "rtsp://***:***@127.0.0.1:9/cam")
+    assert "topsecret" not in msg and "weird failure" in msg
