@@ -1,0 +1,75 @@
+-- Apply the face events of ONE frame of one stream to the session and track aggregates,
+-- atomically and at most once: a per-(session, stream) high-water mark of frame_num makes a
+-- replay of frames already applied a no-op.
+--
+-- KEYS[1] session hash     KEYS[2] session track set   KEYS[3] high-water hash (stream -> frame)
+-- KEYS[4..] one track hash per face, in the order of the faces in ARGV[1]
+-- ARGV[1] JSON {"stream": s, "frame": n, "ts": epoch_ms, "faces": [{"track": "s:t", "label": l, "probs": [7]}]}
+-- ARGV[2] TTL seconds (every key touched is given it again)
+-- Returns the number of faces applied (0 when the frame was already applied).
+
+local EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
+local data = cjson.decode(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local frame = tonumber(data.frame)
+
+local hw = redis.call("HGET", KEYS[3], data.stream)
+if hw and tonumber(hw) >= frame then
+  return 0
+end
+redis.call("HSET", KEYS[3], data.stream, frame)
+
+local function span(key, ts)
+  local first = redis.call("HGET", key, "first_ts_ms")
+  if not first or tonumber(first) > ts then
+    redis.call("HSET", key, "first_ts_ms", ts)
+  end
+  local last = redis.call("HGET", key, "last_ts_ms")
+  if not last or tonumber(last) < ts then
+    redis.call("HSET", key, "last_ts_ms", ts)
+  end
+end
+
+local function add_face(key, face)
+  redis.call("HINCRBY", key, "faces", 1)
+  redis.call("HINCRBY", key, "e:" .. face.label, 1)
+  for i, name in ipairs(EMOTIONS) do
+    redis.call("HINCRBYFLOAT", key, "p:" .. name, face.probs[i])
+  end
+end
+
+local function set_dominant(key)
+  local best, best_n = nil, 0
+  for _, name in ipairs(EMOTIONS) do
+    local n = tonumber(redis.call("HGET", key, "e:" .. name) or "0")
+    if n > best_n then
+      best, best_n = name, n
+    end
+  end
+  if best then
+    redis.call("HSET", key, "dominant", best)
+  end
+end
+
+local ts = tonumber(data.ts)
+local session = KEYS[1]
+redis.call("HINCRBY", session, "frames", 1)
+span(session, ts)
+for i, face in ipairs(data.faces) do
+  local tkey = KEYS[3 + i]
+  add_face(session, face)
+  if redis.call("SADD", KEYS[2], face.track) == 1 then
+    redis.call("HINCRBY", session, "tracks", 1)
+    redis.call("HSET", tkey, "stream", data.stream, "first_frame", frame)
+  end
+  add_face(tkey, face)
+  redis.call("HSET", tkey, "last_frame", frame)
+  span(tkey, ts)
+  set_dominant(tkey)
+  redis.call("EXPIRE", tkey, ttl)
+end
+set_dominant(session)
+for k = 1, 3 do
+  redis.call("EXPIRE", KEYS[k], ttl)
+end
+return #data.faces

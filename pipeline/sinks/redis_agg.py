@@ -1,0 +1,245 @@
+"""Redis sink: per-session and per-track emotion aggregates, updated by one Lua script
+(``pipeline/lua/aggregate.lua``) per frame, atomically and idempotently.
+
+Keys (``P`` = key prefix, ``S`` = session id):
+
+- ``P:session:S``           hash: faces, frames, tracks, e:<label> counts, p:<label> probability
+                            sums, first_ts_ms, last_ts_ms, dominant
+- ``P:session:S:tracks``    set of ``stream:track`` seen in the session
+- ``P:session:S:hwm``       hash: stream id -> last applied frame_num (the replay guard)
+- ``P:track:S:STREAM:T``    hash: the session's fields for one track, plus stream,
+                            first_frame, last_frame (dwell = last_ts - first_ts)
+
+Every key touched gets the idle TTL again. A frame whose frame_num is not above its stream's
+high-water mark is skipped, so replaying events (after a crash, or a whole file again with the
+same stream id and session) leaves every total unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from pipeline.config import RedisSettings
+from pipeline.errors import ConfigError, SinkError
+from pipeline.events import parse_rfc3339, rfc3339
+from pipeline.redact import redact_url
+from pipeline.types import EMOTIONS
+
+logger = logging.getLogger(__name__)
+
+#: Frames kept for a retry while Redis is unreachable; older ones are counted as lost.
+MAX_PENDING_FRAMES = 10000
+
+
+def load_script() -> str:
+    return resources.files("pipeline").joinpath("lua/aggregate.lua").read_text(encoding="utf-8")
+
+
+def session_key(prefix: str, session: str) -> str:
+    return f"{prefix}:session:{session}"
+
+
+def track_key(prefix: str, session: str, stream_id: str, track_id: int | str) -> str:
+    return f"{prefix}:track:{session}:{stream_id}:{track_id}"
+
+
+def connect(url: str, password: str | None = None, timeout_s: float = 3.0) -> Any:
+    """A redis-py client that answered PING, or SinkError naming the (redacted) URL."""
+    import redis
+
+    shown = redact_url(url)
+    try:
+        client = redis.Redis.from_url(
+            url, password=password, socket_connect_timeout=timeout_s, socket_timeout=10.0
+        )
+    except ValueError as exc:
+        raise ConfigError(
+            f"Redis URL {shown} is invalid ({exc}): use redis://HOST:PORT/DB"
+        ) from exc
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise SinkError(
+            f"Redis at {shown} rejected the credentials: set ES_REDIS_PASSWORD or "
+            "ES_REDIS_PASSWORD_FILE"
+        ) from exc
+    except redis.RedisError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "NOAUTH" in detail or "AUTH" in detail:
+            raise SinkError(
+                f"Redis at {shown} needs a password: set ES_REDIS_PASSWORD or ES_REDIS_PASSWORD_FILE"
+            ) from exc
+        raise SinkError(
+            f"Redis at {shown} is unreachable ({detail}): start redis-server or pass the right "
+            "--redis URL"
+        ) from exc
+    return client
+
+
+def _ms(timestamp: str) -> int:
+    return round(parse_rfc3339(timestamp) * 1000)
+
+
+def frame_payloads(events: Sequence[dict[str, Any]]) -> list[tuple[str, str, int, dict[str, Any]]]:
+    """Group face events by (session, stream, frame), keeping order: one script call each.
+    Returns (session, stream, frame_num, payload) tuples; lifecycle events are skipped."""
+    groups: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for e in events:
+        if e.get("type") != "face":
+            continue
+        key = (e["session_id"], e["stream_id"], int(e["frame_num"]))
+        payload = groups.get(key)
+        if payload is None:
+            payload = {"stream": key[1], "frame": key[2], "ts": _ms(e["timestamp"]), "faces": []}
+            groups[key] = payload
+        probs = e["emotion"]["probs"]
+        payload["faces"].append(
+            {
+                "track": e["track_id"],
+                "label": e["emotion"]["label"],
+                "probs": [float(probs[name]) for name in EMOTIONS],
+            }
+        )
+    return [(s, st, f, p) for (s, st, f), p in groups.items()]
+
+
+class RedisAggregateSink:
+    """Applies each frame's face events with one EVALSHA; one round trip per ``write``."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        if not settings.url:
+            raise ConfigError("no Redis URL: pass --redis redis://HOST:PORT/DB or set ES_REDIS_URL")
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        self.name = f"redis:{redact_url(settings.url)}"
+        self._client: Any = connect(settings.url, settings.secret())
+        self._script = self._client.register_script(load_script())
+        self._pending: list[tuple[str, str, int, dict[str, Any]]] = []
+        self._lost = 0
+        self.applied_faces = 0
+
+    def _call_args(self, item: tuple[str, str, int, dict[str, Any]]) -> tuple[list[str], list[Any]]:
+        session, stream, _, payload = item
+        base = session_key(self.prefix, session)
+        keys = [base, f"{base}:tracks", f"{base}:hwm"]
+        for face in payload["faces"]:
+            keys.append(track_key(self.prefix, session, stream, face["track"]))
+            face["track"] = f"{stream}:{face['track']}"
+        return keys, [json.dumps(payload, separators=(",", ":")), self.settings.ttl_s]
+
+    def write(self, events: Sequence[dict[str, Any]]) -> None:
+        if self._client is None:
+            raise SinkError(f"{self.name} is closed")
+        for item in frame_payloads(events):
+            self._pending.append((item[0], item[1], item[2], self._encode(item)))
+        overflow = len(self._pending) - MAX_PENDING_FRAMES
+        if overflow > 0:
+            del self._pending[:overflow]
+            self._lost += overflow
+        self._drain()
+
+    def _encode(self, item: tuple[str, str, int, dict[str, Any]]) -> dict[str, Any]:
+        keys, args = self._call_args(item)
+        return {"keys": keys, "args": args}
+
+    def _drain(self) -> None:
+        if not self._pending:
+            return
+        import redis
+
+        pipe = self._client.pipeline(transaction=False)
+        for *_, call in self._pending:
+            self._script(keys=call["keys"], args=call["args"], client=pipe)
+        try:
+            results = pipe.execute()
+        except redis.RedisError as exc:
+            raise SinkError(
+                f"Redis at {redact_url(self.settings.url or '')}: {len(self._pending)} frames not "
+                f"applied yet ({exc}); they are retried on the next write"
+            ) from exc
+        self.applied_faces += sum(int(r) for r in results)
+        self._pending.clear()
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._client is None:
+            return
+        self._drain()
+        if self._lost:
+            lost, self._lost = self._lost, 0
+            raise SinkError(
+                f"Redis at {redact_url(self.settings.url or '')}: {lost} frames were dropped while "
+                "it was unreachable: replay the source (replays are idempotent)"
+            )
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _floats(raw: dict[str, str], field: str) -> float:
+    return float(raw.get(field, 0) or 0)
+
+
+def _summary(raw: dict[str, str]) -> dict[str, Any]:
+    faces = int(raw.get("faces", 0))
+    counts = {n: int(raw.get(f"e:{n}", 0)) for n in EMOTIONS}
+    first = raw.get("first_ts_ms")
+    last = raw.get("last_ts_ms")
+    out: dict[str, Any] = {
+        "faces": faces,
+        "emotions": {n: c for n, c in counts.items() if c > 0},
+        "mean_probs": {
+            n: round(_floats(raw, f"p:{n}") / faces, 6) if faces else 0.0 for n in EMOTIONS
+        },
+        "first_ts": rfc3339(int(first) / 1000) if first else None,
+        "last_ts": rfc3339(int(last) / 1000) if last else None,
+        "duration_s": round((int(last) - int(first)) / 1000, 3) if first and last else 0.0,
+        "dominant": raw.get("dominant"),
+    }
+    return out
+
+
+def _decode(raw: dict[bytes | str, bytes | str]) -> dict[str, str]:
+    def s(v: bytes | str) -> str:
+        return v.decode() if isinstance(v, bytes) else v
+
+    return {s(k): s(v) for k, v in raw.items()}
+
+
+def read_session(client: Any, prefix: str, session: str) -> dict[str, Any]:
+    """The aggregate of one session: faces, frames, tracks, streams, emotions (label ->
+    face events with that label, only labels seen), mean_probs, first_ts/last_ts (RFC 3339),
+    duration_s, dominant. A session never written reads as zeros."""
+    base = session_key(prefix, session)
+    raw = _decode(client.hgetall(base))
+    streams = sorted(_decode(client.hgetall(f"{base}:hwm")))
+    out = {"session": session, **_summary(raw)}
+    out["frames"] = int(raw.get("frames", 0))
+    out["tracks"] = int(raw.get("tracks", 0))
+    out["streams"] = streams
+    return out
+
+
+def read_tracks(client: Any, prefix: str, session: str) -> list[dict[str, Any]]:
+    """Per-track aggregates of a session (dwell_s = last - first timestamp), sorted."""
+    members = sorted(
+        m.decode() if isinstance(m, bytes) else m
+        for m in client.smembers(f"{session_key(prefix, session)}:tracks")
+    )
+    out = []
+    for member in members:
+        stream, _, tid = member.rpartition(":")
+        raw = _decode(client.hgetall(track_key(prefix, session, stream, tid)))
+        if not raw:  # expired
+            continue
+        item = {"stream_id": stream, "track_id": int(tid), **_summary(raw)}
+        item["first_frame"] = int(raw.get("first_frame", 0))
+        item["last_frame"] = int(raw.get("last_frame", 0))
+        item["dwell_s"] = item.pop("duration_s")
+        out.append(item)
+    return out
