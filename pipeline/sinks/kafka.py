@@ -86,7 +86,11 @@ class KafkaSink:
         producer, self._producer = self._producer, None
         if producer is None:
             return
+        from kafka.errors import KafkaError
+
         try:
             producer.flush(30)
+        except KafkaError as exc:  # flush() already reported undelivered events
+            logger.warning("%s: closing with undelivered events: %s", self.name, exc)
         finally:
             producer.close(timeout=5)

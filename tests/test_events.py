@@ -1,0 +1,178 @@
+"""Unit tests of the v1 event contract: ids, timestamps, encoding, schema validation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline import events as ev
+from pipeline.stream import TrackSummary
+from pipeline.types import EMOTIONS, Emotions, Faces, Frame, FrameResult
+
+CTX = ev.EventContext(
+    "w-1", "sess", "det_retinaface", "emotion_mini_xception", "onnxruntime", "fp32"
+)
+RFC3339_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def make_result(
+    stream: str = "cam", frame_num: int = 5, tids: list[int] | None = None, seed: int = 0
+) -> FrameResult:
+    tids = [1, 2, 3] if tids is None else tids
+    n = len(tids)
+    rng = np.random.default_rng(seed)
+    frame = Frame(
+        stream,
+        frame_num,
+        frame_num / 25,
+        1_700_000_000.25 + frame_num / 25,
+        np.zeros((120, 160, 3), np.uint8),
+        decoded_at=time.time(),
+    )
+    xy = rng.random((n, 2)) * 80
+    faces = Faces.create(
+        np.hstack([xy, xy + 30]), rng.random(n) * 0.5 + 0.5, rng.random((n, 5, 2)) * 100, tids
+    )
+    p = rng.random((n, 7)).astype(np.float32)
+    p /= p.sum(1, keepdims=True)
+    return FrameResult(frame, faces, Emotions(p), Emotions(p[::-1].copy()))
+
+
+def test_face_events_one_per_face_and_valid() -> None:
+    events = ev.face_events(make_result(), CTX)
+    assert [e["track_id"] for e in events] == [1, 2, 3]
+    for e in events:
+        ev.validate(e)
+        assert e["type"] == "face" and e["schema"] == ev.SCHEMA_ID
+        assert e["frame"] == {"width": 160, "height": 120}
+        assert list(e["emotion"]["probs"]) == list(EMOTIONS)
+        assert abs(sum(e["emotion"]["probs"].values()) - 1) < 1e-3
+        assert e["emotion"]["label"] == max(e["emotion"]["probs"], key=e["emotion"]["probs"].get)
+        assert e["latency_ms"] >= 0
+
+
+def test_face_events_empty_frame_gives_none() -> None:
+    assert ev.face_events(make_result(tids=[]), CTX) == []
+
+
+def test_event_ids_same_on_replay() -> None:
+    a = [e["event_id"] for e in ev.face_events(make_result(seed=1), CTX)]
+    b = [e["event_id"] for e in ev.face_events(make_result(seed=2), CTX, now=time.time() + 9)]
+    assert a == b
+
+
+def test_event_ids_distinct_per_stream_frame_track() -> None:
+    ids: set[str] = set()
+    for stream in ("a", "b"):
+        for fn in range(20):
+            ids.update(e["event_id"] for e in ev.face_events(make_result(stream, fn), CTX))
+    assert len(ids) == 2 * 20 * 3
+
+
+def test_event_ids_untracked_faces_distinct() -> None:
+    ids = [e["event_id"] for e in ev.face_events(make_result(tids=[-1, -1, -1]), CTX)]
+    assert len(set(ids)) == 3
+
+
+def test_event_ids_lifecycle_distinct_from_faces() -> None:
+    assert ev.face_event_id("s", 1, 1) != ev.track_end_event_id("s", 1, 1)
+    assert ev.track_end_event_id("s", 1, 1) != ev.stream_end_event_id("s", 1)
+    assert ev.face_event_id("s", 1, 1) == ev.face_event_id("s", 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("ts", "text"),
+    [
+        (0.0, "1970-01-01T00:00:00.000Z"),
+        (1_700_000_000.1234, "2023-11-14T22:13:20.123Z"),
+        (1_700_000_000.9996, "2023-11-14T22:13:21.000Z"),
+    ],
+)
+def test_rfc3339_utc_milliseconds(ts: float, text: str) -> None:
+    assert ev.rfc3339(ts) == text
+    assert RFC3339_MS.match(text)
+    assert abs(ev.parse_rfc3339(text) - ts) < 0.001
+
+
+def test_face_event_timestamp_from_frame_wall_clock() -> None:
+    result = make_result(frame_num=50)
+    e = ev.face_events(result, CTX)[0]
+    assert e["timestamp"] == ev.rfc3339(result.frame.wall_ts)
+    assert e["pts"] == pytest.approx(2.0) and e["frame_num"] == 50
+
+
+def test_encode_compact_and_deterministic() -> None:
+    e = ev.face_events(make_result(), CTX)[0]
+    data = ev.encode(e)
+    assert data == ev.encode(json.loads(data))
+    assert b" " not in data and b"\n" not in data
+    assert ev.decode(data) == e
+
+
+def test_encode_rejects_nan() -> None:
+    e = ev.face_events(make_result(), CTX)[0]
+    e["det_score"] = float("nan")
+    with pytest.raises(ValueError):
+        ev.encode(e)
+
+
+def test_track_end_event_dwell_and_dominant() -> None:
+    summary = TrackSummary(3, 40, 10.0, 12.5, 0.12, 1.6, faces=30, labels=Counter(sad=20, happy=10))
+    e = ev.track_end_event("cam", 7, summary, CTX)
+    ev.validate(e)
+    assert e["dwell_s"] == 2.5 and e["dominant"] == "sad" and e["faces"] == 30
+    assert e["emotions"]["sad"] == 20 and e["emotions"]["angry"] == 0
+    assert e["event_id"] == ev.track_end_event("cam", 7, summary, CTX)["event_id"]
+
+
+def test_stream_end_event_valid_with_error() -> None:
+    e = ev.stream_end_event("cam", 120, "error", CTX, "cam: decode failed")
+    ev.validate(e)
+    assert e["frames"] == 120 and e["error"] == "cam: decode failed"
+
+
+def _broken(mutate: Any) -> dict[str, Any]:
+    e = copy.deepcopy(ev.face_events(make_result(), CTX)[0])
+    mutate(e)
+    return e
+
+
+@pytest.mark.parametrize(
+    ("mutate", "where"),
+    [
+        (lambda e: e.pop("track_id"), "(root)"),
+        (lambda e: e.update(extra=1), "(root)"),
+        (lambda e: e["emotion"].update(label="bored"), "emotion/label"),
+        (lambda e: e["emotion"]["probs"].pop("fear"), "emotion/probs"),
+        (lambda e: e["emotion"]["probs"].update(happy=0.99), "emotion/probs"),
+        (lambda e: e.update(timestamp="2023-11-14 22:13:20"), "timestamp"),
+        (lambda e: e.update(bbox=[1, 2, 3]), "bbox"),
+        (lambda e: e["landmarks"].pop(), "landmarks"),
+        (lambda e: e.update(schema="other/v2"), "schema"),
+        (lambda e: e.update(event_id="not-a-uuid"), "event_id"),
+    ],
+)
+def test_validate_rejects_bad_face_event(mutate: Any, where: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(where)):
+        ev.validate(_broken(mutate))
+
+
+def test_validate_rejects_unknown_type() -> None:
+    with pytest.raises(ValueError):
+        ev.validate({"schema": ev.SCHEMA_ID, "type": "person"})
+
+
+def test_schema_file_is_valid_2020_12() -> None:
+    from jsonschema import Draft202012Validator
+
+    schema = ev.load_schema()
+    assert schema["$schema"].endswith("2020-12/schema")
+    Draft202012Validator.check_schema(schema)
+    assert schema["$defs"]["probs"]["required"] == list(EMOTIONS)
