@@ -31,7 +31,7 @@ from pipeline.control import (
     validate_record,
 )
 from pipeline.errors import ConfigError
-from pipeline.group import GroupRunner, GroupSettings
+from pipeline.group import Assignor, GroupRunner, GroupSettings
 from pipeline.health import HealthServer
 from pipeline.metrics import Metrics
 
@@ -411,17 +411,20 @@ def test_tombstone_and_latest_record_win_when_read_back(kafka_broker: Any) -> No
     assert sorted(got) == ["a", "c"] and got["a"].every == 3
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> float:
+def _wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if cond():
             return time.monotonic() - t0
         time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what()}")
 
 
 @pytest.mark.integration
-def test_group_of_two_shares_streams_and_takes_over_on_leave(kafka_broker: Any) -> None:
+@pytest.mark.parametrize("assignor", list(Assignor))
+def test_group_of_two_shares_streams_and_takes_over_on_leave(
+    kafka_broker: Any, assignor: Assignor
+) -> None:
     """Two runners (fake hosts) in one group: every stream on exactly one; when one leaves
     cleanly, the other runs all of them; a tombstone stops a stream on its owner."""
     topic = _topic("grp")
@@ -436,6 +439,8 @@ def test_group_of_two_shares_streams_and_takes_over_on_leave(kafka_broker: Any) 
         "session_timeout_ms": 3000,
         "heartbeat_interval_ms": 500,
         "topic": topic,
+        "assignor": assignor,
+        "max_poll_interval_ms": 6000,
     }
     hosts = [FakeHost(), FakeHost()]
     runners = [_runner(h, bootstrap=kafka_broker.bootstrap, **gs) for h in hosts]
@@ -450,21 +455,31 @@ def test_group_of_two_shares_streams_and_takes_over_on_leave(kafka_broker: Any) 
     def owners() -> list[list[str]]:
         return [sorted(h.stream_ids()) for h in hosts]
 
-    def balanced() -> bool:
+    def shared() -> bool:
+        """Every stream on exactly one runner, and both runners hold partitions."""
         a, b = owners()
-        return sorted(a + b) == ids and bool(a) and bool(b)
+        return sorted(a + b) == ids and all(r.assignments and r._assigned for r in runners)
 
     try:
-        _wait(balanced, 30, f"both runners to share {ids} (now {owners()})")
+        _wait(shared, 30, lambda: f"both runners to share {ids} (now {owners()})")
+        # the partitions decide: each runner runs exactly the streams that hash to its own
+        for r, h in zip(runners, hosts, strict=True):
+            assert sorted(h.stream_ids()) == sorted(
+                s for s in ids if partition_for(s, 6) in r._assigned
+            )
         client.remove("s0")
-        _wait(lambda: all("s0" not in o for o in owners()), 10, "tombstone to stop s0")
-        stops[0].set()
-        threads[0].join(20)
-        assert hosts[0].stream_ids() == []
+        _wait(lambda: all("s0" not in o for o in owners()), 10, lambda: "tombstone to stop s0")
+        busy = 0 if len(owners()[0]) >= len(owners()[1]) else 1
+        other = 1 - busy
+        stops[busy].set()
+        threads[busy].join(20)
+        assert hosts[busy].stream_ids() == []
         took = _wait(
-            lambda: owners()[1] == ids[1:], 20, f"runner 2 to take all streams (now {owners()})"
+            lambda: owners()[other] == ids[1:],
+            20,
+            lambda: f"the other runner to take all streams (now {owners()})",
         )
-        print(f"hand-over after a clean leave: {took:.2f} s")
+        print(f"{assignor}: hand-over after a clean leave: {took:.2f} s")
     finally:
         for s in stops:
             s.set()
