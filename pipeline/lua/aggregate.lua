@@ -30,18 +30,33 @@ local function span(key, ts)
   end
 end
 
-local function add_face(key, face)
-  redis.call("HINCRBY", key, "faces", 1)
-  redis.call("HINCRBY", key, "e:" .. face.label, 1)
+local function add_faces(key, faces)
+  -- faces: list of {label, probs}; counts and sums are added once per field
+  local counts, sums = {}, {0, 0, 0, 0, 0, 0, 0}
+  for _, face in ipairs(faces) do
+    counts[face.label] = (counts[face.label] or 0) + 1
+    for i = 1, 7 do
+      sums[i] = sums[i] + face.probs[i]
+    end
+  end
+  redis.call("HINCRBY", key, "faces", #faces)
+  for label, n in pairs(counts) do
+    redis.call("HINCRBY", key, "e:" .. label, n)
+  end
   for i, name in ipairs(EMOTIONS) do
-    redis.call("HINCRBYFLOAT", key, "p:" .. name, face.probs[i])
+    redis.call("HINCRBYFLOAT", key, "p:" .. name, sums[i])
   end
 end
 
 local function set_dominant(key)
+  local fields = {}
+  for i, name in ipairs(EMOTIONS) do
+    fields[i] = "e:" .. name
+  end
+  local values = redis.call("HMGET", key, unpack(fields))
   local best, best_n = nil, 0
-  for _, name in ipairs(EMOTIONS) do
-    local n = tonumber(redis.call("HGET", key, "e:" .. name) or "0")
+  for i, name in ipairs(EMOTIONS) do
+    local n = tonumber(values[i] or "0") or 0
     if n > best_n then
       best, best_n = name, n
     end
@@ -55,14 +70,14 @@ local ts = tonumber(data.ts)
 local session = KEYS[1]
 redis.call("HINCRBY", session, "frames", 1)
 span(session, ts)
+add_faces(session, data.faces)
 for i, face in ipairs(data.faces) do
   local tkey = KEYS[3 + i]
-  add_face(session, face)
   if redis.call("SADD", KEYS[2], face.track) == 1 then
     redis.call("HINCRBY", session, "tracks", 1)
     redis.call("HSET", tkey, "stream", data.stream, "first_frame", frame)
   end
-  add_face(tkey, face)
+  add_faces(tkey, {face})
   redis.call("HSET", tkey, "last_frame", frame)
   span(tkey, ts)
   set_dominant(tkey)
