@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -298,6 +300,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ).start()
     stop = threading.Event()
     _install_signals(stop)
+    if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID: thread stacks to stderr (stuck streams)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         group.run(stop)
     finally:

@@ -274,10 +274,10 @@ def _run_scenario(
 
     # 3. streams remove stops a stream; a record outside the media root is refused
     gone = STREAMS[0]
+    t_rm = time.monotonic()
     assert _cli("streams", "remove", gone, *kafka).returncode == 0
     r = _cli("streams", "add", "evil", "file:///etc/passwd", "--loop", *kafka)
     assert r.returncode == 0, r.stderr  # the CLI cannot know a worker's media root
-    t_rm = time.monotonic()
     _wait(
         lambda: any(r[1] == gone and r[3] == "stream_end" for r in seen.since(t_rm)),
         20,
