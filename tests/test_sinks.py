@@ -324,3 +324,28 @@ def test_cli_tail_unreachable_is_one_line(capsys: pytest.CaptureFixture[str]) ->
     assert main(["-q", "tail", "--kafka", f"127.0.0.1:{port}", "--max", "1"]) != 0
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.integration
+def test_redis_sink_retries_frames_after_outage() -> None:
+    from pipeline.sinks.redis_agg import read_session
+
+    batches = frames_of_events("cam", 6)
+    server = RedisServer()
+    port = server.port
+    try:
+        sink = build_sink("redis", KafkaSettings(), RedisSettings(url=server.url))
+        for b in batches[:2]:
+            sink.write(b)
+        server.stop()
+        with pytest.raises(SinkError, match=f"127.0.0.1:{port}"):
+            sink.write(batches[2])
+        server = RedisServer(port=port)  # back, but empty: only the held frames remain
+        for b in batches[3:]:
+            sink.write(b)
+        sink.flush()
+        agg = read_session(_client(server.url), "es", "sess")
+        assert agg["frames"] == 4 and agg["faces"] == 12
+        sink.close()
+    finally:
+        server.stop()
