@@ -169,19 +169,13 @@ def partition_for(stream_id: str, partitions: int) -> int:
 
 
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """Connection and security options shared by producers, consumers and the admin client."""
-    if not kafka.bootstrap:
-        raise ConfigError("no Kafka bootstrap: pass --kafka HOST:PORT or set ES_KAFKA_BOOTSTRAP")
-    kw: dict[str, Any] = {
-        "bootstrap_servers": kafka.bootstrap.split(","),
-        "security_protocol": kafka.security_protocol,
-    }
-    if kafka.sasl_mechanism:
-        kw["sasl_mechanism"] = kafka.sasl_mechanism
-        kw["sasl_plain_username"] = kafka.sasl_username
-        kw["sasl_plain_password"] = kafka.password()
-    if kafka.ssl_cafile is not None:
-        kw["ssl_cafile"] = str(kafka.ssl_cafile)
+    """Connection and security options (``pipeline.kafka_util``); fails fast, in one line,
+    when no bootstrap address accepts a connection."""
+    from pipeline.kafka_util import check_reachable
+    from pipeline.kafka_util import client_kwargs as shared
+
+    kw = shared(kafka)
+    check_reachable(kafka)
     return kw
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -491,3 +492,15 @@ def test_worker_without_kafka_fails_with_one_line() -> None:
     r = _cli("worker", "--kafka", "", "--metrics-port", "-1", env={"ES_KAFKA_BOOTSTRAP": ""})
     assert r.returncode != 0
     assert r.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_streams_list_unreachable_kafka_fails_with_one_line() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = _cli("streams", "list", "--kafka", f"127.0.0.1:{port}")
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "unreachable" in lines[0], (
+        r.stderr
+    )
