@@ -199,14 +199,14 @@ def test_three_workers_share_six_streams_and_survive_kill_9(
     )
     follower.start()
     try:
-        _run_scenario(workers, seen, kafka, sample_clip, t_start)
+        _run_scenario(workers, seen, kafka, redis_server.url, t_start)
     finally:
         stop.set()
         follower.join(10)
 
 
 def _run_scenario(
-    workers: Workers, seen: Seen, kafka: list[str], clip: Path, t_start: float
+    workers: Workers, seen: Seen, kafka: list[str], redis_url: str, t_start: float
 ) -> None:
     # 1. all six streams produce events, each from exactly one worker
     t_phase = time.monotonic()
@@ -271,6 +271,12 @@ def _run_scenario(
     print(
         f"moved streams: {sum(ids.values())} face events, {dup} with a repeated event_id (replayed frames)"
     )
+
+    # Redis aggregates: every stream's events were applied, whichever worker sent them
+    import redis
+
+    hwm = redis.Redis.from_url(redis_url).hgetall("es:session:scale:hwm")
+    assert {k.decode() for k in hwm} >= set(STREAMS), hwm
 
     # 3. streams remove stops a stream; a record outside the media root is refused
     gone = STREAMS[0]
