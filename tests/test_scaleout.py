@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,6 +132,11 @@ class Workers:
                 out[w] = float(m.group(1))
         return out
 
+    def port(self, wid: str) -> int:
+        m = re.search(r"/metrics on port (\d+)", self.log(wid))
+        assert m, f"{wid}: no metrics port in its log"
+        return int(m.group(1))
+
     def dead_report(self) -> str:
         return "; ".join(
             f"{w} exited {p.returncode}: {self.log(w)[-600:]}"
@@ -228,6 +234,21 @@ def _run_scenario(
         f"\nfirst events of all 6 streams {first_events_s:.1f} s after start; join times {workers.join_times()}"
     )
     print(f"streams per worker: {dict(per_worker)}")
+
+    # health and metrics of each worker name exactly the streams it runs
+    for w in workers.alive():
+        base = f"http://127.0.0.1:{workers.port(w)}"
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as resp:
+            ready = json.loads(resp.read())
+        mine = sorted(s for s in STREAMS if owners[s] == {w})
+        assert ready["ok"] and ready["streams"] == mine, (w, ready)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        for sid in mine:
+            assert f'emotion_stream_stream_frames_processed_total{{stream="{sid}"}}' in text, text[
+                :2000
+            ]
+        assert f"emotion_stream_assigned_streams {float(len(mine))}" in text
 
     # 2. kill -9 the busiest worker; its streams restart on the survivors
     victim = per_worker.most_common(1)[0][0]
