@@ -132,6 +132,25 @@ class Workers:
                 out[w] = float(m.group(1))
         return out
 
+    def ready(self, wid: str) -> dict[str, Any] | None:
+        """The worker's /readyz JSON, or None while it has no HTTP port yet."""
+        m = re.search(r"/metrics on port (\d+)", self.log(wid))
+        if not m:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/readyz", timeout=5) as resp:
+                return dict(json.loads(resp.read()))
+        except OSError:
+            return None
+
+    def settled(self, partitions: int) -> bool:
+        """All workers joined and the control partitions are split among them, once each."""
+        got = [self.ready(w) for w in self.alive()]
+        if not all(r and r["ok"] for r in got):
+            return False
+        owned = [p for r in got if r for p in r["partitions"]]
+        return sorted(owned) == list(range(partitions))
+
     def port(self, wid: str) -> int:
         m = re.search(r"/metrics on port (\d+)", self.log(wid))
         assert m, f"{wid}: no metrics port in its log"
@@ -215,7 +234,12 @@ def _run_scenario(
     workers: Workers, seen: Seen, kafka: list[str], redis_url: str, t_start: float
 ) -> None:
     # 1. all six streams produce events, each from exactly one worker
-    t_phase = time.monotonic()
+    _wait(
+        lambda: workers.settled(12) or len(workers.alive()) < 3,
+        90,
+        lambda: f"the three workers to join and split the partitions; {workers.dead_report()}",
+    )
+    t_phase = time.monotonic() + 0.5  # events still in flight from before the last rebalance
     _wait(
         lambda: set(seen.owners(t_phase)) >= set(STREAMS) or len(workers.alive()) < 3,
         90,
