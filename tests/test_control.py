@@ -504,3 +504,31 @@ def test_streams_list_unreachable_kafka_fails_with_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("error: ") and "unreachable" in lines[0], (
         r.stderr
     )
+
+
+def test_ensure_control_topic_asks_for_compaction(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The create request itself (tansu does not report topic configs back)."""
+    import kafka
+
+    from pipeline import control
+
+    created: list[Any] = []
+
+    class FakeAdmin:
+        def __init__(self, **_kw: Any) -> None:
+            pass
+
+        def create_topics(self, topics: list[Any]) -> None:
+            created.extend(topics)
+
+        def describe_topics(self, _names: list[str]) -> list[dict[str, Any]]:
+            return [{"partitions": [{"partition": i} for i in range(created[0].num_partitions)]}]
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(kafka, "KafkaAdminClient", FakeAdmin)
+    monkeypatch.setattr(control, "client_kwargs", lambda _k: {})
+    n = ensure_control_topic(KafkaSettings(bootstrap="h:1", control_topic="ctl"), 7)
+    assert n == 7 and created[0].name == "ctl"
+    assert created[0].topic_configs == {"cleanup.policy": "compact"}
