@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,10 +214,14 @@ def _parse_pixels(path: Path, name: str, rows: list[str], labels: list[int], sid
 
 
 def _fast_ints(text: str) -> npt.NDArray[np.int64]:
-    try:
-        return np.array(text.split(), dtype=np.int64)
-    except ValueError:
-        return np.array([-1], dtype=np.int64)
+    """Parse space-separated integers in C (4-5x faster than str.split); on a bad token the
+    result fails the caller's size or range check, which then finds and names the row."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return np.fromstring(text, dtype=np.int64, sep=" ")
+        except ValueError:  # numpy 2: raises instead of stopping
+            return np.array([-1], dtype=np.int64)
 
 
 def _row_ok(row: str, side: int) -> bool:
@@ -316,17 +321,18 @@ def counts_table(ds: DataSet) -> str:
 def synthetic_images(
     n: int, seed: int, size: int = FER_SIZE
 ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
-    """``n`` gray images whose class sets the frequency of horizontal stripes (flip- and
-    shift-tolerant), plus noise; labels cycle through the 7 classes."""
+    """``n`` gray images whose class sets the frequency of horizontal stripes (1.2 to 9
+    cycles per image, a factor 1.4 apart, so that flips, shifts and +-10 % zoom keep the
+    classes apart), plus noise; labels cycle through the 7 classes."""
     rng = np.random.default_rng(seed)
     labels = np.arange(n, dtype=np.int64) % len(EMOTIONS)
     rng.shuffle(labels)
     y = np.arange(size, dtype=np.float64)[None, :, None]
-    freq = (labels[:, None, None] + 1.0) * 0.5
+    cycles = 1.2 * 1.4 ** labels[:, None, None].astype(np.float64)
     phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1))
     img = (
         128
-        + 70 * np.sin(2 * np.pi * freq * y / size * 2 + phase)
+        + 70 * np.sin(2 * np.pi * cycles * y / size + phase)
         + rng.normal(0, 20, (n, size, size))
     )
     return np.clip(img, 0, 255).astype(np.uint8), labels
