@@ -15,7 +15,13 @@ from pipeline.types import Faces
 
 #: ArcFace's 112x112 five-point template, the canonical face layout InsightFace aligns to.
 _TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
     np.float32,
 )
 
@@ -27,7 +33,9 @@ def template(size: int, margin: float = 0.15) -> npt.NDArray[np.float32]:
     return (t * (size / 112.0)).astype(np.float32)
 
 
-def similarity(src: npt.NDArray[np.float32], dst: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+def similarity(
+    src: npt.NDArray[np.float32], dst: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst, 2x3."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s0, d0 = src - mu_s, dst - mu_d

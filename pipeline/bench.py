@@ -77,7 +77,9 @@ class _Progress(threading.Thread):
             print(f"bench: {done} frames, {faces} faces processed", file=sys.stderr)
 
 
-def run_bench(source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1) -> dict[str, Any]:
+def run_bench(
+    source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1
+) -> dict[str, Any]:
     from pipeline.sources import parse_source
     from pipeline.worker import Worker, load_parts, with_models_dir
 
@@ -124,7 +126,9 @@ def run_bench(source: str, settings: WorkerSettings, models_dir: Path, streams: 
         "faces_per_s": round(faces / elapsed, 2),
         "latency_ms_p50": round(float(np.percentile(lat, 50)), 2),
         "latency_ms_p99": round(float(np.percentile(lat, 99)), 2),
-        "cpu_percent": round(100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1),
+        "cpu_percent": round(
+            100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / elapsed, 1
+        ),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "decode_only": decode,
         "ratio_to_decode": round(fps / streams / max(decode["frames_per_s"], 1e-9), 4),

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emotion-stream",
         description="Live video in, per-face emotion events out (Kafka, Redis, JSON lines).",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="More logging (-vv: debug).")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="More logging (-vv: debug)."
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="Only warnings and errors.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

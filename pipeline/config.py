@@ -29,39 +29,62 @@ class DropPolicy(enum.StrEnum):
 class SourceSettings(_Model):
     queue_size: int = Field(8, ge=1, description="Bounded frame queue per stream.")
     drop_policy: DropPolicy = Field(
-        DropPolicy.DROP_OLDEST, description="Policy for live sources when the queue is full; files always block."
+        DropPolicy.DROP_OLDEST,
+        description="Policy for live sources when the queue is full; files always block.",
     )
-    every: int = Field(1, ge=1, description="Run detection and classification on every Nth decoded frame.")
-    realtime: bool = Field(False, description="Pace file sources at their frame rate, as a camera would.")
-    max_frames: int | None = Field(None, ge=1, description="Stop each stream after this many decoded frames.")
+    every: int = Field(
+        1, ge=1, description="Run detection and classification on every Nth decoded frame."
+    )
+    realtime: bool = Field(
+        False, description="Pace file sources at their frame rate, as a camera would."
+    )
+    max_frames: int | None = Field(
+        None, ge=1, description="Stop each stream after this many decoded frames."
+    )
     loop: bool = Field(False, description="Replay file sources forever.")
     rtsp_transport: str = Field("tcp", description="RTSP lower transport: tcp or udp.")
     open_timeout_s: float = Field(10.0, gt=0, description="Timeout for opening a network source.")
     read_timeout_s: float = Field(10.0, gt=0, description="Timeout for a stalled network read.")
-    reconnect_initial_s: float = Field(0.5, gt=0, description="First reconnect delay of a live source.")
-    reconnect_max_s: float = Field(10.0, gt=0, description="Cap of the exponential reconnect delay.")
+    reconnect_initial_s: float = Field(
+        0.5, gt=0, description="First reconnect delay of a live source."
+    )
+    reconnect_max_s: float = Field(
+        10.0, gt=0, description="Cap of the exponential reconnect delay."
+    )
     reconnect_attempts: int | None = Field(
-        None, ge=0, description="Give up a live source after this many failed reconnects (None: never)."
+        None,
+        ge=0,
+        description="Give up a live source after this many failed reconnects (None: never).",
     )
 
 
 class DetectorSettings(_Model):
-    model_dir: Path = Field(Path("models"), description="Folder holding the detector ONNX (det_*.onnx).")
-    model_file: Path | None = Field(None, description="Explicit detector ONNX; overrides model_dir lookup.")
+    model_dir: Path = Field(
+        Path("models"), description="Folder holding the detector ONNX (det_*.onnx)."
+    )
+    model_file: Path | None = Field(
+        None, description="Explicit detector ONNX; overrides model_dir lookup."
+    )
     input_size: tuple[int, int] = Field((640, 640), description="Detector input (width, height).")
     score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face score.")
     nms_threshold: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
-    min_face_px: int = Field(12, ge=1, description="Drop faces whose shorter side is below this many pixels.")
+    min_face_px: int = Field(
+        12, ge=1, description="Drop faces whose shorter side is below this many pixels."
+    )
     providers: tuple[str, ...] = Field(
-        (), description="ONNX Runtime execution providers; empty picks CUDA/TensorRT when present, else CPU."
+        (),
+        description="ONNX Runtime execution providers; empty picks CUDA/TensorRT when present, else CPU.",
     )
 
 
 class EmotionSettings(_Model):
     model: Path = Field(
-        Path("models/emotion_mini_xception.onnx"), description="Emotion model (ONNX, or a TensorRT plan)."
+        Path("models/emotion_mini_xception.onnx"),
+        description="Emotion model (ONNX, or a TensorRT plan).",
     )
-    backend: str = Field("auto", description="Engine backend: auto, tensorrt, onnxruntime or torch.")
+    backend: str = Field(
+        "auto", description="Engine backend: auto, tensorrt, onnxruntime or torch."
+    )
     precision: str = Field("fp32", description="Engine precision: fp32, fp16 or int8.")
     smoothing_alpha: float = Field(
         0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
@@ -71,14 +94,22 @@ class EmotionSettings(_Model):
 class BatchSettings(_Model):
     max_batch: int = Field(32, ge=1, description="Most aligned faces in one inference call.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest a face waits for its batch to fill.")
-    enabled: bool = Field(True, description="Batch faces across streams; off runs one frame at a time.")
+    enabled: bool = Field(
+        True, description="Batch faces across streams; off runs one frame at a time."
+    )
 
 
 class TrackerSettings(_Model):
-    high_threshold: float = Field(0.6, description="Detections above this start or extend tracks first.")
-    low_threshold: float = Field(0.3, description="Detections above this may extend existing tracks.")
+    high_threshold: float = Field(
+        0.6, description="Detections above this start or extend tracks first."
+    )
+    low_threshold: float = Field(
+        0.3, description="Detections above this may extend existing tracks."
+    )
     match_iou: float = Field(0.3, description="Minimum IoU to associate a detection with a track.")
-    max_age_frames: int = Field(15, ge=1, description="Processed frames a lost track survives before it ends.")
+    max_age_frames: int = Field(
+        15, ge=1, description="Processed frames a lost track survives before it ends."
+    )
 
 
 class KafkaSettings(BaseSettings):
@@ -86,20 +117,30 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ES_KAFKA_", extra="forbid", frozen=True)
 
-    bootstrap: str | None = Field(None, description="HOST:PORT[,HOST:PORT]; None disables the Kafka sink.")
+    bootstrap: str | None = Field(
+        None, description="HOST:PORT[,HOST:PORT]; None disables the Kafka sink."
+    )
     topic: str = Field("emotion-events", description="Events topic.")
     partitions: int = Field(6, ge=1, description="Partitions when the topic is created.")
     replication: int = Field(1, ge=1, description="Replication factor when the topic is created.")
-    control_topic: str = Field("emotion-streams", description="Compacted control topic of stream specs.")
-    security_protocol: str = Field("PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    control_topic: str = Field(
+        "emotion-streams", description="Compacted control topic of stream specs."
+    )
+    security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
     sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
     sasl_username: str | None = Field(None, description="SASL user (env ES_KAFKA_SASL_USERNAME).")
-    sasl_password: SecretStr | None = Field(None, description="SASL password (env ES_KAFKA_SASL_PASSWORD).")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (env ES_KAFKA_SASL_PASSWORD)."
+    )
     sasl_password_file: Path | None = Field(None, description="File holding the SASL password.")
     ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
     linger_ms: int = Field(20, ge=0, description="Producer linger.")
     batch_size: int = Field(256 * 1024, ge=1024, description="Producer batch size in bytes.")
-    max_in_flight: int = Field(5, ge=1, le=5, description="Bounded in-flight requests per connection.")
+    max_in_flight: int = Field(
+        5, ge=1, le=5, description="Bounded in-flight requests per connection."
+    )
     request_timeout_ms: int = Field(15000, ge=1000, description="Producer request timeout.")
 
     def password(self) -> str | None:

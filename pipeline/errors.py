@@ -39,5 +39,7 @@ class MissingDependencyError(EmotionStreamError):
     """An optional dependency is not installed; the message says how to install it."""
 
     def __init__(self, package: str, feature: str, install: str) -> None:
-        super().__init__(f"{feature} needs the Python package '{package}', which is not installed: {install}")
+        super().__init__(
+            f"{feature} needs the Python package '{package}', which is not installed: {install}"
+        )
         self.package = package

@@ -23,25 +23,39 @@ DEFAULT_JSONL = "out/events.jsonl"
 
 def add_worker_options(p: argparse.ArgumentParser) -> None:
     """Options shared by ``run`` and ``bench``."""
-    p.add_argument("--models", type=Path, default=Path("models"), help="Model folder (default: models).")
-    p.add_argument("--detector", type=Path, help="Detector ONNX (default: best det_*.onnx in --models).")
-    p.add_argument("--emotion-model", type=Path, help="Emotion model ONNX/plan (default: the bootstrapped one).")
+    p.add_argument(
+        "--models", type=Path, default=Path("models"), help="Model folder (default: models)."
+    )
+    p.add_argument(
+        "--detector", type=Path, help="Detector ONNX (default: best det_*.onnx in --models)."
+    )
+    p.add_argument(
+        "--emotion-model",
+        type=Path,
+        help="Emotion model ONNX/plan (default: the bootstrapped one).",
+    )
     p.add_argument("--backend", default="auto", help="Engine: auto, tensorrt, onnxruntime, torch.")
     p.add_argument("--precision", default="fp32", help="Engine precision: fp32, fp16, int8.")
     p.add_argument("--max-batch", type=int, default=32, help="Most faces per inference batch.")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="Longest a face waits for a batch.")
+    p.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="Longest a face waits for a batch."
+    )
     p.add_argument("--no-batching", action="store_true", help="Classify each frame on its own.")
     p.add_argument("--every", type=int, default=1, help="Process every Nth decoded frame.")
     p.add_argument("--max-frames", type=int, help="Stop each stream after N decoded frames.")
     p.add_argument("--realtime", action="store_true", help="Pace files at their frame rate.")
     p.add_argument("--loop", action="store_true", help="Replay files forever (stop with Ctrl-C).")
-    p.add_argument("--stream-id", action="append", default=[], help="Stream id per source, in order.")
+    p.add_argument(
+        "--stream-id", action="append", default=[], help="Stream id per source, in order."
+    )
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="Run the pipeline on files / RTSP / HTTP sources.")
-    run.add_argument("sources", nargs="+", metavar="SOURCE", help="File path, file://, rtsp://, http(s)://")
+    run.add_argument(
+        "sources", nargs="+", metavar="SOURCE", help="File path, file://, rtsp://, http(s)://"
+    )
     run.add_argument(
         "--sink",
         action="append",
@@ -50,8 +64,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     run.add_argument("--kafka", help="Kafka bootstrap HOST:PORT (adds the kafka sink).")
     run.add_argument("--topic", default="emotion-events", help="Kafka events topic.")
-    run.add_argument("--partitions", type=int, default=6, help="Partitions if the topic is created.")
-    run.add_argument("--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (adds the redis sink).")
+    run.add_argument(
+        "--partitions", type=int, default=6, help="Partitions if the topic is created."
+    )
+    run.add_argument(
+        "--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (adds the redis sink)."
+    )
     run.add_argument("--session", default="default", help="Session id for events and aggregates.")
     run.add_argument("--worker-id", default="worker-0", help="worker_id carried in every event.")
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
@@ -59,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="Measure the pipeline on a clip against bare decoding.")
-    bench.add_argument("source", metavar="SOURCE", help="A video file (the sample: out/sample.mp4).")
+    bench.add_argument(
+        "source", metavar="SOURCE", help="A video file (the sample: out/sample.mp4)."
+    )
     bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
     add_worker_options(bench)
@@ -79,7 +99,9 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
         try:
             base = json.loads(args.config.read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"--config {args.config}: cannot read JSON ({exc}): fix or remove it") from exc
+            raise ConfigError(
+                f"--config {args.config}: cannot read JSON ({exc}): fix or remove it"
+            ) from exc
     try:
         s = WorkerSettings(**base, **extra)
         source = s.source.model_copy(
@@ -90,14 +112,22 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
                 "loop": args.loop,
             }
         )
-        emotion = s.emotion.model_copy(update={"backend": args.backend, "precision": args.precision})
+        emotion = s.emotion.model_copy(
+            update={"backend": args.backend, "precision": args.precision}
+        )
         if args.emotion_model is not None:
             emotion = emotion.model_copy(update={"model": args.emotion_model})
         detector = s.detector.model_copy(update={"model_file": args.detector})
         batch = s.batch.model_copy(
-            update={"max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "enabled": not args.no_batching}
+            update={
+                "max_batch": args.max_batch,
+                "max_wait_ms": args.max_wait_ms,
+                "enabled": not args.no_batching,
+            }
         )
-        s = s.model_copy(update={"source": source, "emotion": emotion, "detector": detector, "batch": batch})
+        s = s.model_copy(
+            update={"source": source, "emotion": emotion, "detector": detector, "batch": batch}
+        )
         # model_copy skips validation: validate the result once, here at the edge.
         return WorkerSettings.model_validate(s.model_dump())
     except ValueError as exc:
@@ -123,7 +153,9 @@ def _parse_sources(args: argparse.Namespace) -> list[Any]:
     ids = list(args.stream_id)
     if len(ids) > len(args.sources):
         raise ConfigError(f"{len(ids)} --stream-id given for {len(args.sources)} sources")
-    specs = [parse_source(src, ids[i] if i < len(ids) else None) for i, src in enumerate(args.sources)]
+    specs = [
+        parse_source(src, ids[i] if i < len(ids) else None) for i, src in enumerate(args.sources)
+    ]
     seen = Counter(s.stream_id for s in specs)
     dup = [k for k, n in seen.items() if n > 1]
     if dup:
@@ -133,7 +165,9 @@ def _parse_sources(args: argparse.Namespace) -> list[Any]:
 
 def _install_signals(stop: threading.Event) -> None:
     def handler(signum: int, _frame: Any) -> None:
-        logger.info("received %s: stopping after flushing what was accepted", signal.Signals(signum).name)
+        logger.info(
+            "received %s: stopping after flushing what was accepted", signal.Signals(signum).name
+        )
         stop.set()
 
     if threading.current_thread() is threading.main_thread():
@@ -208,7 +242,10 @@ def render_summary(s: dict[str, Any]) -> str:
         f"{s['tracks']:>6} {s['frames_per_s']:>7.1f}  {s['events']} events in {s['elapsed_s']:.1f} s"
     )
     total = max(sum(s["emotions"].values()), 1)
-    lines.append("emotions: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s["emotions"].items()))
+    lines.append(
+        "emotions: "
+        + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s["emotions"].items())
+    )
     return "\n".join(lines)
 
 
@@ -227,4 +264,3 @@ def cmd_sample(args: argparse.Namespace) -> int:
     path = make_sample_clip(args.out, seconds=args.seconds, fps=args.fps)
     print(path)
     return 0
-

@@ -91,7 +91,9 @@ class StreamRunner:
         self.counters = StreamCounters()
         self.error: str | None = None
         self.end_reason = "running"
-        self._thread = threading.Thread(target=self._run, name=f"stream-{spec.stream_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"stream-{spec.stream_id}", daemon=True
+        )
 
     @property
     def stream_id(self) -> str:
@@ -188,7 +190,9 @@ class StreamRunner:
     def _finish(self) -> None:
         out = self._track_end_events(self._tracker.end_all())
         frames = self.source.stats().decoded
-        out.append(ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error))
+        out.append(
+            ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
+        )
         self._p.publisher.put(out, None)
 
     def stats(self) -> dict[str, Any]:
