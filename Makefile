@@ -12,7 +12,7 @@ OUT := out
 
 all: test
 
-$(STAMPS)/venv: pyproject.toml
+$(STAMPS)/venv: pyproject.toml Makefile
 	@mkdir -p $(STAMPS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
