@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every settings section: unknown keys are rejected, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -26,7 +28,7 @@ class DropPolicy(enum.StrEnum):
     BLOCK = "block"
 
 
-class SourceSettings(_Model):
+class SourceSettings(StrictModel):
     queue_size: int = Field(8, ge=1, description="Bounded frame queue per stream.")
     drop_policy: DropPolicy = Field(
         DropPolicy.DROP_OLDEST,
@@ -58,7 +60,7 @@ class SourceSettings(_Model):
     )
 
 
-class DetectorSettings(_Model):
+class DetectorSettings(StrictModel):
     model_dir: Path = Field(
         Path("models"), description="Folder holding the detector ONNX (det_*.onnx)."
     )
@@ -77,7 +79,7 @@ class DetectorSettings(_Model):
     )
 
 
-class EmotionSettings(_Model):
+class EmotionSettings(StrictModel):
     model: Path = Field(
         Path("models/emotion_mini_xception.onnx"),
         description="Emotion model (ONNX, or a TensorRT plan).",
@@ -91,7 +93,7 @@ class EmotionSettings(_Model):
     )
 
 
-class BatchSettings(_Model):
+class BatchSettings(StrictModel):
     max_batch: int = Field(32, ge=1, description="Most aligned faces in one inference call.")
     max_wait_ms: float = Field(5.0, ge=0, description="Longest a face waits for its batch to fill.")
     enabled: bool = Field(
@@ -99,7 +101,7 @@ class BatchSettings(_Model):
     )
 
 
-class TrackerSettings(_Model):
+class TrackerSettings(StrictModel):
     high_threshold: float = Field(
         0.6, description="Detections above this start or extend tracks first."
     )
@@ -170,7 +172,7 @@ class RedisSettings(BaseSettings):
         return None
 
 
-class WorkerSettings(_Model):
+class WorkerSettings(StrictModel):
     """Everything one worker run needs, built once by the CLI."""
 
     worker_id: str = Field("worker-0", description="Carried in every event as worker_id.")

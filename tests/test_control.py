@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from pipeline.errors import ConfigError
 from pipeline.group import Assignor, GroupRunner, GroupSettings
 from pipeline.health import HealthServer
 from pipeline.metrics import Metrics
+from tests.servers import wait_until
 
 # --------------------------------------------------------------------------- records
 
@@ -412,15 +412,6 @@ def test_tombstone_and_latest_record_win_when_read_back(kafka_broker: Any) -> No
     assert sorted(got) == ["a", "c"] and got["a"].every == 3
 
 
-def _wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what()}")
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("assignor", list(Assignor))
 def test_group_of_two_shares_streams_and_takes_over_on_leave(
@@ -462,20 +453,20 @@ def test_group_of_two_shares_streams_and_takes_over_on_leave(
         return sorted(a + b) == ids and all(r.assignments and r._assigned for r in runners)
 
     try:
-        _wait(shared, 30, lambda: f"both runners to share {ids} (now {owners()})")
+        wait_until(shared, 30, lambda: f"both runners to share {ids} (now {owners()})")
         # the partitions decide: each runner runs exactly the streams that hash to its own
         for r, h in zip(runners, hosts, strict=True):
             assert sorted(h.stream_ids()) == sorted(
                 s for s in ids if partition_for(s, 6) in r._assigned
             )
         client.remove("s0")
-        _wait(lambda: all("s0" not in o for o in owners()), 10, lambda: "tombstone to stop s0")
+        wait_until(lambda: all("s0" not in o for o in owners()), 10, lambda: "tombstone to stop s0")
         busy = 0 if len(owners()[0]) >= len(owners()[1]) else 1
         other = 1 - busy
         stops[busy].set()
         threads[busy].join(20)
         assert hosts[busy].stream_ids() == []
-        took = _wait(
+        took = wait_until(
             lambda: owners()[other] == ids[1:],
             20,
             lambda: f"the other runner to take all streams (now {owners()})",

@@ -20,12 +20,14 @@ import threading
 import time
 import urllib.request
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.servers import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -87,15 +89,6 @@ def _follow(bootstrap: str, topic: str, seen: Seen, stop: threading.Event) -> No
                         seen.rows.append(row)
     finally:
         c.close()
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: Callable[[], str]) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what()}")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -234,13 +227,13 @@ def _run_scenario(
     workers: Workers, seen: Seen, kafka: list[str], redis_url: str, t_start: float
 ) -> None:
     # 1. all six streams produce events, each from exactly one worker
-    _wait(
+    wait_until(
         lambda: workers.settled(12) or len(workers.alive()) < 3,
         90,
         lambda: f"the three workers to join and split the partitions; {workers.dead_report()}",
     )
     t_phase = time.monotonic() + 0.5  # events still in flight from before the last rebalance
-    _wait(
+    wait_until(
         lambda: set(seen.owners(t_phase)) >= set(STREAMS) or len(workers.alive()) < 3,
         90,
         lambda: (
@@ -288,7 +281,7 @@ def _run_scenario(
                 first_after[sid] = t - t_kill
         return set(first_after) == set(moved)
 
-    _wait(
+    wait_until(
         moved_all,
         60,
         lambda: (
@@ -329,12 +322,12 @@ def _run_scenario(
     assert _cli("streams", "remove", gone, *kafka).returncode == 0
     r = _cli("streams", "add", "evil", "file:///etc/passwd", "--loop", *kafka)
     assert r.returncode == 0, r.stderr  # the CLI cannot know a worker's media root
-    _wait(
+    wait_until(
         lambda: any(r[1] == gone and r[3] == "stream_end" for r in seen.since(t_rm)),
         20,
         lambda: f"stream_end of {gone} after streams remove",
     )
-    _wait(
+    wait_until(
         lambda: any("outside the media root" in workers.log(w) for w in workers.alive()),
         20,
         lambda: "a worker to log the refused record",

@@ -11,13 +11,10 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from pipeline.config import StrictModel
 from pipeline.errors import ConfigError
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Layout(enum.StrEnum):
@@ -28,7 +25,7 @@ class Layout(enum.StrEnum):
     FOLDER = "folder"
 
 
-class AugmentSettings(_Model):
+class AugmentSettings(StrictModel):
     enabled: bool = Field(True, description="Augment training batches (never validation/test).")
     rotation_deg: float = Field(10.0, ge=0, le=180, description="Largest random rotation, degrees.")
     scale: float = Field(0.1, ge=0, lt=1, description="Random zoom in [1-scale, 1+scale].")
@@ -42,7 +39,7 @@ class AugmentSettings(_Model):
     contrast: float = Field(0.2, ge=0, lt=1, description="Random contrast factor in [1-c, 1+c].")
 
 
-class TrainConfig(_Model):
+class TrainConfig(StrictModel):
     arch: str = Field(
         "cnn", description="Model from the registry: cnn, resnet18, resnet50, mini_xception."
     )
