@@ -47,6 +47,7 @@ demo: models sample
 lint: $(STAMPS)/venv
 	$(BIN)/ruff check pipeline engines training tests
 	$(BIN)/ruff format --check pipeline engines training tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMPS)/venv
 	$(BIN)/mypy

@@ -1,7 +1,7 @@
 """The one engine contract: ``input_spec``, ``warmup()``, ``infer(batch) -> probs (n, 7)``.
 
 ``infer`` is ``post_process(run(pre_process(batch)))``. Input batches are aligned face crops,
-uint8 gray (n, H, W) as produced by ``pipeline.align``; each engine normalises them as its
+uint8 gray (n, H, W) as produced by ``pipeline.stages.align``; each engine normalises them as its
 ``InputSpec`` says.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.types import EMOTIONS
+from pipeline.core.types import EMOTIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ aligned face crops.
 Crops come from a ``.npy`` file holding uint8 (n, H, W) aligned gray crops, a directory of
 images (png/jpg/bmp/webp) that are aligned face crops (read as gray, resized to the model's
 input), or a video file whose faces are detected and aligned by the worker's own detector and
-``pipeline.align`` (so calibration and parity see exactly what the worker feeds the engine). The calibrator normalises them with the model's ``InputSpec`` and hands
+``pipeline.stages.align`` (``pipeline.tools.calibration``, so calibration and parity see exactly what the worker feeds the engine). The calibrator normalises them with the model's ``InputSpec`` and hands
 TensorRT one device buffer per batch (a torch CUDA tensor; no pycuda). The calibration table is
 cached beside the plans so a rebuild does not recalibrate.
 """
@@ -12,6 +12,7 @@ cached beside the plans so a rebuild does not recalibrate.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,18 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.base import InputSpec
-from pipeline.errors import ConfigError, MissingDependencyError
+from pipeline.core.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".ts")
 
+#: (video, spec, limit) -> aligned uint8 crops (n, H, W)
+VideoCropper = Callable[[Path, InputSpec, int], npt.NDArray[np.uint8]]
 
-def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
+
+def resize_crop(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8]:
     if img.shape[:2] == (spec.height, spec.width):
         return img
     import cv2
@@ -36,71 +40,32 @@ def _resize(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.uint8
     return np.asarray(out, np.uint8)
 
 
-def crops_from_video(
-    video: Path,
-    spec: InputSpec,
-    limit: int = 512,
-    every: int = 3,
-    detector: Any = None,
-    detector_dir: Path | None = None,
-) -> npt.NDArray[np.uint8]:
-    """Detect and align the faces of every ``every``-th frame of ``video`` (the worker's path)."""
-    import av
-
-    from pipeline.align import align_faces
-
-    if detector is None:
-        from pipeline.config import DetectorSettings
-        from pipeline.detect import FaceDetector
-
-        settings = (
-            DetectorSettings() if detector_dir is None else DetectorSettings(model_dir=detector_dir)
-        )
-        detector = FaceDetector(settings)
-    if spec.height != spec.width:
-        raise ConfigError(
-            f"aligned crops are square; the model wants {spec.height}x{spec.width}: pass a .npy of crops"
-        )
-    crops: list[npt.NDArray[np.uint8]] = []
-    n = 0
-    with av.open(str(video)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i % every:
-                continue
-            img = np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)
-            faces = detector.detect(img)
-            if len(faces):
-                crops.append(align_faces(img, faces, spec.height))
-                n += len(faces)
-            if n >= limit:
-                break
-    if not crops:
-        raise ConfigError(
-            f"no faces found in {video}: pass a video with faces, a folder of crops or a .npy"
-        )
-    out = np.concatenate(crops)[:limit]
-    logger.info("%d aligned face crops from %s", len(out), video)
-    return out
-
-
 def load_crops(
     source: Path,
     spec: InputSpec,
     limit: int = 512,
-    detector_dir: Path | None = None,
-    every: int = 3,
+    video_crops: VideoCropper | None = None,
 ) -> npt.NDArray[np.uint8]:
-    """Aligned uint8 gray crops (n, H, W) from a ``.npy``, a folder of crop images, or a video."""
+    """Aligned uint8 gray crops (n, H, W) from a ``.npy``, a folder of crop images, or a video.
+
+    A video needs ``video_crops`` (the worker's detector and alignment, supplied by the CLI
+    from ``pipeline.tools.calibration``): engines import nothing above ``pipeline.core``.
+    """
     source = Path(source)
     if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
-        return crops_from_video(source, spec, limit, every=every, detector_dir=detector_dir)
+        if video_crops is None:
+            raise ConfigError(
+                f"calibration source {source} is a video: engines cannot detect faces themselves; "
+                "use `emotion-stream engines build --calib VIDEO` or pass a .npy or folder of crops"
+            )
+        return video_crops(source, spec, limit)
     if source.is_file() and source.suffix == ".npy":
         arr = np.load(source)
         if arr.dtype != np.uint8 or arr.ndim != 3:
             raise ConfigError(
                 f"calibration crops {source} must be uint8 (n, H, W), got {arr.dtype} {arr.shape}: re-save them"
             )
-        return np.stack([_resize(a, spec) for a in arr[:limit]])
+        return np.stack([resize_crop(a, spec) for a in arr[:limit]])
     if not source.is_dir():
         raise ConfigError(
             f"crops source {source} is not a .npy of crops, a folder of images or a video: pass one"
@@ -118,7 +83,7 @@ def load_crops(
         if img is None:
             logger.warning("skipping unreadable calibration image %s", f)
             continue
-        crops.append(_resize(np.asarray(img, np.uint8), spec))
+        crops.append(resize_crop(np.asarray(img, np.uint8), spec))
     if not crops:
         raise ConfigError(
             f"calibration folder {source} holds no readable images ({', '.join(IMAGE_SUFFIXES)}): add aligned face crops"

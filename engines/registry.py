@@ -22,7 +22,7 @@ from typing import Any
 
 from engines.backends import check_precision, require_file
 from engines.base import Engine
-from pipeline.errors import ConfigError, MissingDependencyError
+from pipeline.core.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engines import cache as plan_cache
 from engines.backends import check_precision, onnx_spec, require_file
 from engines.base import InputSpec
-from pipeline.errors import ConfigError, MissingDependencyError, ModelError
+from pipeline.core.errors import ConfigError, MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 

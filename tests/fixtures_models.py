@@ -23,7 +23,7 @@ def t1_path() -> Path:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<repo>/models`` when its manifest verifies (``make test`` builds it), else a fresh build."""
-    from pipeline.model_zoo.manifest import bootstrap, verify
+    from pipeline.tools.model_zoo.manifest import bootstrap, verify
 
     repo_models = REPO / "models"
     if verify(repo_models):

@@ -120,7 +120,7 @@ class RtspServer:
 @pytest.fixture(scope="session")
 def sample_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sample clip (t1.jpg's 6 faces, 4 s at 25 fps, H.264 MP4), built once per session."""
-    from pipeline.sample import make_sample_clip
+    from pipeline.media.sample import make_sample_clip
 
     return make_sample_clip(tmp_path_factory.mktemp("media") / "sample.mp4", seconds=4.0, fps=25)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.align import align_faces, similarity, template
-from pipeline.types import Faces
+from pipeline.core.types import Faces
+from pipeline.stages.align import align_faces, similarity, template
 
 
 def test_similarity_recovers_known_transform() -> None:

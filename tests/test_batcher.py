@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from engines.base import Engine, InputSpec
-from pipeline.batcher import MicroBatcher
+from pipeline.runtime.batcher import MicroBatcher
 
 SPEC = InputSpec(channels=1, height=8, width=8, mean=0.0, std=1.0)
 

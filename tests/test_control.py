@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import KafkaSettings, SourceSettings
-from pipeline.control import (
+from pipeline.control.group import Assignor, GroupRunner, GroupSettings
+from pipeline.control.health import HealthServer
+from pipeline.control.metrics import Metrics
+from pipeline.control.streams import (
     ControlClient,
     StreamRecord,
     ensure_control_topic,
@@ -30,10 +32,8 @@ from pipeline.control import (
     redact_url,
     validate_record,
 )
-from pipeline.errors import ConfigError
-from pipeline.group import Assignor, GroupRunner, GroupSettings
-from pipeline.health import HealthServer
-from pipeline.metrics import Metrics
+from pipeline.core.config import KafkaSettings, SourceSettings
+from pipeline.core.errors import ConfigError
 from tests.servers import wait_until
 
 # --------------------------------------------------------------------------- records
@@ -226,7 +226,7 @@ def test_runner_rejects_file_outside_media_root_with_reason(
     host = FakeHost()
     r = _runner(host, media_root=tmp_path)
     r._on_assigned({0})
-    with caplog.at_level(logging.WARNING, logger="pipeline.group"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.control.group"):
         r.apply_one("evil", _rec(stream_id="evil", url="file:///etc/passwd").to_bytes(), 0)
     assert host.running == {}
     assert "outside the media root" in r.rejected["evil"]
@@ -501,7 +501,7 @@ def test_ensure_control_topic_asks_for_compaction(monkeypatch: pytest.MonkeyPatc
     """The create request itself (tansu does not report topic configs back)."""
     import kafka
 
-    from pipeline import control
+    from pipeline.control import streams as control
 
     created: list[Any] = []
 

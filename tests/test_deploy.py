@@ -48,7 +48,7 @@ def _compose() -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.cli import build_parser
+    from pipeline.cli.main import build_parser
 
     return build_parser()
 
@@ -169,7 +169,7 @@ def test_invocations_use_real_flags(path: Path) -> None:
 
 
 def _known_env() -> set[str]:
-    from pipeline.config import KafkaSettings, RedisSettings
+    from pipeline.core.config import KafkaSettings, RedisSettings
 
     names = {"ES_METRICS_PORT"}
     names |= {f"ES_KAFKA_{f.upper()}" for f in KafkaSettings.model_fields}

@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.config import DetectorSettings
-from pipeline.detect import FaceDetector
-from pipeline.errors import ModelError
-from pipeline.types import Faces
+from pipeline.core.config import DetectorSettings
+from pipeline.core.errors import ModelError
+from pipeline.core.types import Faces
+from pipeline.stages.detect import FaceDetector
 
 CPU = ("CPUExecutionProvider",)
 

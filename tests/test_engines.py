@@ -12,7 +12,7 @@ import pytest
 
 from engines.base import InputSpec
 from engines.registry import load_engine, resolve_backend
-from pipeline.errors import ConfigError, ModelError
+from pipeline.core.errors import ConfigError, ModelError
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -223,7 +223,7 @@ def test_bench_rows_have_figures_and_speedup(tiny: tuple[Path, Path]) -> None:
 def test_cli_engines_bench_json(
     tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     rc = main(
         [
@@ -251,7 +251,7 @@ def test_cli_engines_bench_json(
 def test_cli_engines_parity_json(
     tiny: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     rc = main(["engines", "parity", str(tiny[0]), "--torch", str(tiny[1]), "--n", "32", "--json"])
     doc = json.loads(capsys.readouterr().out)
@@ -259,7 +259,7 @@ def test_cli_engines_parity_json(
 
 
 def test_cli_engines_list_names_every_backend(capsys: pytest.CaptureFixture[str]) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     assert main(["engines", "list", "--json"]) == 0
     rows = {r["backend"]: r for r in json.loads(capsys.readouterr().out)}
@@ -272,7 +272,7 @@ def test_cli_engines_build_without_tensorrt_is_one_line(
 ) -> None:
     import sys
 
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     rc = main(["engines", "build", str(tiny[0]), "--precision", "fp16"])
@@ -284,7 +284,7 @@ def test_crops_from_video_detects_and_aligns_every_nth_frame(tmp_path: Path) -> 
     import av
 
     from engines.calibrate import load_crops
-    from pipeline.types import Faces
+    from pipeline.core.types import Faces
 
     video = tmp_path / "clip.mp4"
     with av.open(str(video), "w") as c:
@@ -305,14 +305,16 @@ def test_crops_from_video_detects_and_aligns_every_nth_frame(tmp_path: Path) -> 
             kps = [[38, 40], [58, 40], [48, 50], [40, 60], [56, 60]]
             return Faces.create([[28, 28, 68, 72]], [0.9], [kps])
 
-    from engines import calibrate
+    from pipeline.tools import calibration
 
-    got = calibrate.crops_from_video(video, SPEC, limit=3, every=2, detector=OneFace())
+    got = calibration.crops_from_video(video, SPEC, limit=3, every=2, detector=OneFace())
     assert got.shape == (3, 32, 32) and got.dtype == np.uint8
     assert OneFace.calls == 3  # frames 0, 2, 4 then the limit is reached
     assert got[0].mean() < got[2].mean()  # brighter frames later: real pixels came through
     with pytest.raises(ConfigError, match=r"not a \.npy"):
         load_crops(tmp_path / "nothing.bin", SPEC)
+    with pytest.raises(ConfigError, match=r"is a video"):
+        load_crops(video, SPEC)
 
 
 def test_resolve_backend_auto_prefers_torch_cuda_when_onnxruntime_is_cpu_only(
@@ -348,7 +350,7 @@ def test_onnxruntime_fixed_batch_model_runs_in_chunks(tmp_path: Path) -> None:
 def test_cli_engines_parity_on_given_crops(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline.cli import main
+    from pipeline.cli.main import main
 
     np.save(tmp_path / "crops.npy", crops(20, seed=5))
     argv = [

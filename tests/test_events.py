@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import events as ev
-from pipeline.stream import TrackSummary
-from pipeline.types import EMOTIONS, Emotions, Faces, Frame, FrameResult
+from pipeline.core import events as ev
+from pipeline.core.types import EMOTIONS, Emotions, Faces, Frame, FrameResult
+from pipeline.runtime.stream import TrackSummary
 
 CTX = ev.EventContext(
     "w-1", "sess", "det_retinaface", "emotion_mini_xception", "onnxruntime", "fp32"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from engines.base import MINI_XCEPTION_SPEC, InputSpec
-from pipeline.cli import main
-from pipeline.errors import MissingDependencyError, ModelError
-from pipeline.model_zoo import manifest as mf
-from pipeline.model_zoo.emotion_default import sample_face_crops
+from pipeline.cli.main import main
+from pipeline.core.errors import MissingDependencyError, ModelError
+from pipeline.tools.model_zoo import manifest as mf
+from pipeline.tools.model_zoo.emotion_default import sample_face_crops
 
 
 @pytest.fixture(scope="module")

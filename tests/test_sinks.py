@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from pipeline import events as ev
-from pipeline.cli import main
-from pipeline.config import KafkaSettings, RedisSettings
-from pipeline.errors import ConfigError, SinkError
+from pipeline.cli.main import main
+from pipeline.core import events as ev
+from pipeline.core.config import KafkaSettings, RedisSettings
+from pipeline.core.errors import ConfigError, SinkError
 from pipeline.sinks import build_sink
 from tests.servers import RedisServer, free_port
 from tests.test_events import CTX, make_result

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.errors import SinkError
-from pipeline.publisher import Publisher
-from pipeline.smooth import EmaSmoother
-from pipeline.types import Emotions, Faces
+from pipeline.core.errors import SinkError
+from pipeline.core.types import Emotions, Faces
+from pipeline.runtime.publisher import Publisher
+from pipeline.stages.smooth import EmaSmoother
 
 
 def test_smoother_ema_per_track() -> None:

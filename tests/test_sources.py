@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.config import DetectorSettings, DropPolicy, SourceSettings
-from pipeline.errors import ConfigError, SourceError
-from pipeline.redact import redact_url
-from pipeline.sources import SourceKind, SourceSpec, VideoSource, parse_source
-from pipeline.types import Frame
+from pipeline.core.config import DetectorSettings, DropPolicy, SourceSettings
+from pipeline.core.errors import ConfigError, SourceError
+from pipeline.core.redact import redact_url
+from pipeline.core.types import Frame
+from pipeline.media.sources import SourceKind, SourceSpec, VideoSource, parse_source
 
 CLIP_FRAMES = 100  # the session sample clip: 4 s at 25 fps
 
@@ -256,7 +256,7 @@ def test_source_stop_before_start_is_ended() -> None:
 def test_sample_clip_is_deterministic_h264(tmp_path: Path) -> None:
     import av
 
-    from pipeline.sample import make_sample_clip
+    from pipeline.media.sample import make_sample_clip
 
     a = make_sample_clip(tmp_path / "a.mp4", seconds=0.4, fps=25)
     b = make_sample_clip(tmp_path / "b.mp4", seconds=0.4, fps=25)
@@ -274,7 +274,7 @@ def test_sample_clip_is_deterministic_h264(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_sample_clip_shows_six_faces_on_every_frame(sample_clip: Path, models_dir: Path) -> None:
-    from pipeline.detect import FaceDetector
+    from pipeline.stages.detect import FaceDetector
 
     det = FaceDetector(DetectorSettings(model_dir=models_dir))
     frames = drain(VideoSource(parse_source(str(sample_clip)), SourceSettings(every=5)))
@@ -432,7 +432,7 @@ def test_source_rtsp_reconnects_after_server_restart(
     rtsp_server_private: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = VideoSource(parse_source(rtsp_server_private.url, "cam"), rtsp_settings())
-    with caplog.at_level("WARNING", logger="pipeline.sources"):
+    with caplog.at_level("WARNING", logger="pipeline.media.sources"):
         src.start()
         before = take(src, 10, timeout=15)
         assert len(before) == 10

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from engines import cache as plan_cache
-from pipeline.errors import ConfigError, MissingDependencyError, ModelError
+from pipeline.core.errors import ConfigError, MissingDependencyError, ModelError
 from tests.fakes import tensorrt as fake_trt
 
 pytest.importorskip("torch")

@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import TrackerSettings
-from pipeline.track import Tracker, iou_matrix
-from pipeline.types import Faces
+from pipeline.core.config import TrackerSettings
+from pipeline.core.types import Faces
+from pipeline.stages.track import Tracker, iou_matrix
 
 
 def _faces(boxes: list[list[float]], scores: list[float]) -> Faces:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import ConfigError, EmotionStreamError, ModelError
-from pipeline.types import EMOTIONS
+from pipeline.core.errors import ConfigError, EmotionStreamError, ModelError
+from pipeline.core.types import EMOTIONS
 from training import metrics
 from training.augment import augment
 from training.config import AugmentSettings, Layout, TrainConfig, build_config

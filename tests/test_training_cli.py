@@ -1,4 +1,4 @@
-"""``emotion-stream train | evaluate | export`` through ``pipeline.cli.main`` on synthetic
+"""``emotion-stream train | evaluate | export`` through ``pipeline.cli.main.main`` on synthetic
 FER-2013-format data (both layouts)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 from training.data import write_synthetic_csv, write_synthetic_folder
 
 TINY = [

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.events import validate
+from pipeline.cli.main import main
+from pipeline.core.events import validate
 
 pytestmark = [pytest.mark.integration]
 

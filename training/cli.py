@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from pipeline.config import StrictModel
-from pipeline.errors import ConfigError
+from pipeline.core.config import StrictModel
+from pipeline.core.errors import ConfigError
 
 
 class Layout(enum.StrEnum):

@@ -24,8 +24,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.errors import EmotionStreamError
-from pipeline.types import EMOTIONS
+from pipeline.core.errors import EmotionStreamError
+from pipeline.core.types import EMOTIONS
 from training.config import Layout
 
 logger = logging.getLogger(__name__)

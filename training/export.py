@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from engines.base import InputSpec
-from pipeline.errors import ModelError
+from pipeline.core.errors import ModelError
 from training.model_card import CARD
 from training.train import TORCHSCRIPT_SPEC_FILE, LoadedModel
 

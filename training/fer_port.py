@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pipeline.errors import EmotionStreamError, MissingDependencyError, ModelError
+from pipeline.core.errors import EmotionStreamError, MissingDependencyError, ModelError
 from training.models.mini_xception import BN_EPS, MiniXception
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.types import EMOTIONS
+from pipeline.core.types import EMOTIONS
 
 #: The published results the method is compared against (test split of FER-2013).
 PUBLISHED: dict[str, dict[str, float | None]] = {

@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engines.base import InputSpec
-from pipeline.errors import ConfigError, ModelError
+from pipeline.core.errors import ConfigError, ModelError
 from training import models
 from training.augment import augment
 from training.config import TrainConfig

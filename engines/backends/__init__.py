@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import MINI_XCEPTION_SPEC, InputSpec
-from pipeline.errors import ModelError
+from pipeline.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def onnx_spec(model: Path) -> InputSpec:
 def check_precision(precision: str) -> str:
     p = precision.lower()
     if p not in PRECISIONS:
-        from pipeline.errors import ConfigError
+        from pipeline.core.errors import ConfigError
 
         raise ConfigError(
             f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: pick one"

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engines.backends import check_precision, model_fix_hint, require_file, spec_from_onnx_props
 from engines.base import Engine, InputSpec
-from pipeline.errors import ConfigError, MissingDependencyError, ModelError
+from pipeline.core.errors import ConfigError, MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from engines import cache as plan_cache
 from engines.backends import check_precision, require_file, spec_from_json
 from engines.base import Engine, InputSpec
 from engines.trt_builder import BuildSettings, ensure_plan, import_trt, trt_logger
-from pipeline.errors import ConfigError, ModelError
+from pipeline.core.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from engines.backends import (
     spec_from_json,
 )
 from engines.base import Engine, InputSpec
-from pipeline.errors import ConfigError, MissingDependencyError, ModelError
+from pipeline.core.errors import ConfigError, MissingDependencyError, ModelError
 
 logger = logging.getLogger(__name__)
 

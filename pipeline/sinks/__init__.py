@@ -7,8 +7,8 @@ when built, so an unreachable server fails before anything else starts.
 
 from __future__ import annotations
 
-from pipeline.config import KafkaSettings, RedisSettings
-from pipeline.errors import ConfigError
+from pipeline.core.config import KafkaSettings, RedisSettings
+from pipeline.core.errors import ConfigError
 from pipeline.sinks.base import Sink
 
 SINK_FORMS = ("jsonl:PATH", "stdout", "kafka", "redis")

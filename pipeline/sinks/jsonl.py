@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline.errors import SinkError
-from pipeline.events import encode
+from pipeline.core.errors import SinkError
+from pipeline.core.events import encode
 
 logger = logging.getLogger(__name__)
 

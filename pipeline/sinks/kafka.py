@@ -8,10 +8,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.config import KafkaSettings
-from pipeline.errors import SinkError
-from pipeline.events import encode
-from pipeline.kafka_util import ensure_topic, make_producer
+from pipeline.core.config import KafkaSettings
+from pipeline.core.errors import SinkError
+from pipeline.core.events import encode
+from pipeline.core.kafka_client import ensure_topic, make_producer
 
 logger = logging.getLogger(__name__)
 

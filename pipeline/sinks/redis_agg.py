@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from pipeline.config import RedisSettings
-from pipeline.errors import ConfigError, SinkError
-from pipeline.events import parse_rfc3339, rfc3339
-from pipeline.redact import redact_url
-from pipeline.types import EMOTIONS
+from pipeline.core.config import RedisSettings
+from pipeline.core.errors import ConfigError, SinkError
+from pipeline.core.events import parse_rfc3339, rfc3339
+from pipeline.core.redact import redact_url
+from pipeline.core.types import EMOTIONS
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.events import encode
+from pipeline.core.events import encode
 
 
 class StdoutSink:

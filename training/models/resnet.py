@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from pipeline.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 

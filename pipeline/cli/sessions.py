@@ -1,0 +1,122 @@
+"""``emotion-stream sessions show`` (Redis aggregates) and ``emotion-stream tail`` (Kafka)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from pipeline.core.config import KafkaSettings, RedisSettings
+from pipeline.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this area's subcommands to the CLI."""
+    sessions = sub.add_parser("sessions", help="Aggregated statistics kept in Redis.")
+    ssub = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
+    show = ssub.add_parser("show", help="Show one session's aggregates.")
+    show.add_argument("session", help="Session id (the worker's --session).")
+    show.add_argument("--redis", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0.")
+    show.add_argument("--prefix", default="es", help="Key prefix (default: es).")
+    show.add_argument("--tracks", action="store_true", help="Also list per-track aggregates.")
+    show.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    show.set_defaults(func=cmd_sessions_show)
+
+    tail = sub.add_parser("tail", help="Print events from Kafka as they arrive, one line each.")
+    tail.add_argument("--kafka", required=True, help="Kafka bootstrap HOST:PORT.")
+    tail.add_argument("--topic", default="emotion-events", help="Events topic.")
+    tail.add_argument("--from-beginning", action="store_true", help="Start at the oldest event.")
+    tail.add_argument("--max", type=int, default=None, metavar="N", help="Exit after N events.")
+    tail.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="Exit after S seconds without a new event.",
+    )
+    tail.set_defaults(func=cmd_tail)
+
+
+def cmd_sessions_show(args: argparse.Namespace) -> int:
+    from pipeline.sinks.redis_agg import connect, read_session, read_tracks
+
+    settings = RedisSettings(url=args.redis, key_prefix=args.prefix)
+    client = connect(args.redis, settings.secret())
+    try:
+        agg = read_session(client, args.prefix, args.session)
+        if args.tracks:
+            agg["track_list"] = read_tracks(client, args.prefix, args.session)
+    finally:
+        client.close()
+    if args.json:
+        print(json.dumps(agg, indent=2))
+    else:
+        print(format_session(agg))
+    if not agg["faces"]:
+        logger.warning(
+            "session %s has no aggregates in Redis (wrong --session or --prefix?)", args.session
+        )
+    return 0
+
+
+def format_session(agg: dict[str, Any]) -> str:
+    lines = [f"session   {agg['session']}"]
+    for key in ("faces", "frames", "tracks", "first_ts", "last_ts", "duration_s", "dominant"):
+        lines.append(f"{key:<9} {agg.get(key)}")
+    lines.append(f"streams   {', '.join(agg['streams']) or '-'}")
+    faces = max(int(agg["faces"]), 1)
+    lines.append("")
+    lines.append(f"{'emotion':<10}{'faces':>8}{'share':>8}{'mean p':>8}")
+    for label, p in agg["mean_probs"].items():
+        n = agg["emotions"].get(label, 0)
+        lines.append(f"{label:<10}{n:>8}{n / faces:>8.1%}{p:>8.3f}")
+    for t in agg.get("track_list", []):
+        lines.append(
+            f"track {t['stream_id']}:{t['track_id']:<5} faces {t['faces']:<6} "
+            f"dwell {t['dwell_s']:>7.2f} s  dominant {t['dominant']}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from pipeline.core.kafka_client import make_consumer
+
+    if args.max is not None and args.max < 1:
+        raise ConfigError("--max must be at least 1")
+    kafka = KafkaSettings(bootstrap=args.kafka, topic=args.topic)
+    consumer = make_consumer(
+        kafka,
+        args.topic,
+        group_id=None,
+        auto_offset_reset="earliest" if args.from_beginning else "latest",
+        enable_auto_commit=False,
+    )
+    seen = 0
+    last = time.monotonic()
+    try:
+        while args.max is None or seen < args.max:
+            records = consumer.poll(timeout_ms=200)
+            for batch in records.values():
+                for msg in batch:
+                    sys.stdout.write(msg.value.decode("utf-8", "replace") + "\n")
+                    seen += 1
+                    if args.max is not None and seen >= args.max:
+                        break
+                if args.max is not None and seen >= args.max:
+                    break
+            if records:
+                sys.stdout.flush()
+                last = time.monotonic()
+            elif args.idle_timeout is not None and time.monotonic() - last > args.idle_timeout:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.stdout.flush()
+        consumer.close()
+    return 0

@@ -1,0 +1,139 @@
+"""Prometheus metrics of a worker.
+
+Per-stream counters are read from ``Worker.stats()`` at scrape time (one collector, no
+double bookkeeping in the hot path); group events (rebalances, rejected records, hand-over
+durations) are recorded here by ``pipeline.control.group``. Stream URLs never appear in labels;
+only stream ids do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "emotion_stream"
+
+#: Worker.stats()['streams'][id] key -> (metric suffix, help, is_counter)
+_STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
+    "decoded": ("frames_decoded", "Frames decoded per stream.", True),
+    "processed": ("frames_processed", "Frames run through detection and classification.", True),
+    "dropped": ("frames_dropped", "Frames dropped by the source queue's drop policy.", True),
+    "reconnects": ("reconnects", "Reconnects of a live source.", True),
+    "faces": ("faces", "Faces classified per stream.", True),
+    "tracks": ("tracks", "Tracks started per stream.", True),
+    "fps": ("frames_per_second", "Processed frames per second since the stream started.", False),
+    "faces_per_s": ("faces_per_second", "Faces per second since the stream started.", False),
+    "detect_ms_mean": ("detect_ms_mean", "Mean detection time per processed frame (ms).", False),
+    "infer_ms_mean": (
+        "infer_ms_mean",
+        "Mean emotion inference time per processed frame (ms).",
+        False,
+    ),
+}
+
+
+class WorkerCollector(Collector):
+    """Turns a ``stats()`` snapshot into metric families at each scrape."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            st = self._stats()
+        except Exception:
+            logger.exception("metrics: worker stats failed")
+            return
+        streams: dict[str, dict[str, Any]] = st.get("streams", {})
+        for key, (name, doc, is_counter) in _STREAM_FIELDS.items():
+            fam: CounterMetricFamily | GaugeMetricFamily
+            if is_counter:
+                fam = CounterMetricFamily(f"{PREFIX}_stream_{name}", doc, labels=["stream"])
+            else:
+                fam = GaugeMetricFamily(f"{PREFIX}_stream_{name}", doc, labels=["stream"])
+            for sid, s in streams.items():
+                v = s.get(key)
+                if isinstance(v, int | float):
+                    fam.add_metric([sid], float(v))
+            yield fam
+        g = GaugeMetricFamily(f"{PREFIX}_assigned_streams", "Streams this worker runs now.")
+        g.add_metric([], float(len(streams)))
+        yield g
+        ev = CounterMetricFamily(f"{PREFIX}_events", "Events handed to the sinks.")
+        ev.add_metric([], float(st.get("events", 0)))
+        yield ev
+        errs = CounterMetricFamily(
+            f"{PREFIX}_sink_errors", "Sink errors (Kafka sends, Redis writes).", labels=["sink"]
+        )
+        sink_errors = st.get("sink_errors", {})
+        if isinstance(sink_errors, dict):
+            for sink, n in sink_errors.items():
+                errs.add_metric([str(sink)], float(n))
+        elif isinstance(sink_errors, int | float):
+            errs.add_metric(["all"], float(sink_errors))
+        yield errs
+        batcher = st.get("batcher", {})
+        for k, v in batcher.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                fam2 = GaugeMetricFamily(
+                    f"{PREFIX}_batcher_{k}", f"Micro-batcher {k} (see pipeline.runtime.batcher)."
+                )
+                fam2.add_metric([], float(v))
+                yield fam2
+
+
+class Metrics:
+    """The registry a worker serves on /metrics, plus the group-level instruments."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        if stats is not None:
+            self.registry.register(WorkerCollector(stats))
+        self.rebalances = Counter(
+            f"{PREFIX}_rebalances",
+            "Partition assignments and revocations.",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_control_rejected",
+            "Control records refused (invalid, forbidden path or scheme).",
+            registry=self.registry,
+        )
+        self.stream_starts = Counter(
+            f"{PREFIX}_stream_starts", "Streams started on this worker.", registry=self.registry
+        )
+        self.stream_stops = Counter(
+            f"{PREFIX}_stream_stops",
+            "Streams stopped on this worker.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.stop_seconds = Histogram(
+            f"{PREFIX}_stream_stop_seconds",
+            "Time to stop and flush a stream (hand-over share).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.partitions = Gauge(
+            f"{PREFIX}_assigned_partitions",
+            "Control-topic partitions this worker owns.",
+            registry=self.registry,
+        )
+        self.stream_errors = Counter(
+            f"{PREFIX}_stream_errors", "Streams that failed to start.", registry=self.registry
+        )
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)

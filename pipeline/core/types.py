@@ -1,0 +1,163 @@
+"""The canonical, validated, vectorised types that flow between pipeline stages.
+
+One type per stage: ``Frame`` (decoded image + timing), ``Faces`` (parallel arrays),
+``Emotions`` (probabilities in the fixed FER-2013 class order).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+#: FER-2013 class order, used everywhere (model outputs, events, Redis, training).
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_EMOTIONS = len(EMOTIONS)
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame of one stream.
+
+    ``image`` is HxWx3 uint8 BGR. ``pts`` is media time in seconds (None if the container
+    has none); ``wall_ts`` is the capture wall clock (UNIX seconds) for live sources and
+    ``stream start + pts`` for files. ``frame_num`` counts decoded frames of the stream and
+    keeps counting across loops and reconnects, so (stream_id, frame_num) is unique.
+    """
+
+    stream_id: str
+    frame_num: int
+    pts: float | None
+    wall_ts: float
+    image: npt.NDArray[np.uint8] = field(repr=False)
+    #: time.time() when the decoder produced the frame; latency is measured from here.
+    decoded_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"Frame.image must be HxWx3 uint8 BGR, got {img.shape} {img.dtype}")
+        if self.frame_num < 0:
+            raise ValueError("Frame.frame_num must be >= 0")
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Faces:
+    """Detected faces of one frame as parallel arrays.
+
+    xyxy (n,4) float32 source pixels; score (n,) float32; kps (n,5,2) float32 (left eye,
+    right eye, nose, left mouth corner, right mouth corner); track_id (n,) int64, -1 when
+    not yet tracked.
+    """
+
+    xyxy: FloatArray
+    score: FloatArray
+    kps: FloatArray
+    track_id: IntArray
+
+    def __post_init__(self) -> None:
+        n = self.xyxy.shape[0]
+        if self.xyxy.shape != (n, 4):
+            raise ValueError(f"Faces.xyxy must be (n,4), got {self.xyxy.shape}")
+        if self.score.shape != (n,):
+            raise ValueError(f"Faces.score must be ({n},), got {self.score.shape}")
+        if self.kps.shape != (n, 5, 2):
+            raise ValueError(f"Faces.kps must be ({n},5,2), got {self.kps.shape}")
+        if self.track_id.shape != (n,):
+            raise ValueError(f"Faces.track_id must be ({n},), got {self.track_id.shape}")
+
+    @classmethod
+    def create(
+        cls,
+        xyxy: npt.ArrayLike,
+        score: npt.ArrayLike,
+        kps: npt.ArrayLike,
+        track_id: npt.ArrayLike | None = None,
+    ) -> Faces:
+        xy = np.asarray(xyxy, dtype=np.float32).reshape(-1, 4)
+        n = xy.shape[0]
+        tid = np.full(n, -1, np.int64) if track_id is None else np.asarray(track_id, np.int64)
+        return cls(
+            xyxy=xy,
+            score=np.asarray(score, dtype=np.float32).reshape(n),
+            kps=np.asarray(kps, dtype=np.float32).reshape(n, 5, 2),
+            track_id=tid.reshape(n),
+        )
+
+    @classmethod
+    def empty(cls) -> Faces:
+        return cls.create(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    def with_track_ids(self, track_id: npt.ArrayLike) -> Faces:
+        return Faces.create(self.xyxy, self.score, self.kps, track_id)
+
+    def select(self, index: npt.ArrayLike) -> Faces:
+        idx = np.asarray(index)
+        return Faces(self.xyxy[idx], self.score[idx], self.kps[idx], self.track_id[idx])
+
+
+@dataclass(frozen=True, slots=True)
+class Emotions:
+    """Per-face emotion probabilities, (n,7) float32 in ``EMOTIONS`` order, rows sum to 1."""
+
+    probs: FloatArray
+
+    def __post_init__(self) -> None:
+        if self.probs.ndim != 2 or self.probs.shape[1] != NUM_EMOTIONS:
+            raise ValueError(f"Emotions.probs must be (n,{NUM_EMOTIONS}), got {self.probs.shape}")
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[0])
+
+    @property
+    def label_index(self) -> IntArray:
+        return np.argmax(self.probs, axis=1).astype(np.int64)
+
+    def labels(self) -> list[str]:
+        return [EMOTIONS[i] for i in self.label_index]
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """A processed frame: its faces (with track ids), their emotions and smoothed emotions."""
+
+    frame: Frame
+    faces: Faces
+    emotions: Emotions
+    smoothed: Emotions
+    ended_tracks: tuple[int, ...] = ()
+
+
+@dataclass
+class TrackSummary:
+    """What a track_end event reports about a track."""
+
+    first_frame: int
+    last_frame: int
+    first_ts: float
+    last_ts: float
+    first_pts: float | None
+    last_pts: float | None
+    faces: int = 0
+    labels: Counter[str] = field(default_factory=Counter)
+
+    def add(self, frame: Frame, label: str) -> None:
+        self.last_frame, self.last_ts, self.last_pts = frame.frame_num, frame.wall_ts, frame.pts
+        self.faces += 1
+        self.labels[label] += 1

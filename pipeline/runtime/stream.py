@@ -1,0 +1,200 @@
+"""One stream's processing thread: frames from its source -> detect -> track -> align ->
+classify (through the shared cross-stream batcher) -> smooth -> events to the publisher."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.core import events as ev
+from pipeline.core.config import TrackerSettings
+from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.stages.align import align_faces
+from pipeline.stages.smooth import EmaSmoother
+from pipeline.stages.track import Tracker
+
+if TYPE_CHECKING:
+    from pipeline.media.sources import SourceSpec, VideoSource
+    from pipeline.runtime.batcher import MicroBatcher
+    from pipeline.runtime.publisher import Publisher
+    from pipeline.stages.detect import FaceDetector
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamCounters:
+    processed: int = 0
+    faces: int = 0
+    tracks: int = 0
+    started_at: float = field(default_factory=time.time)
+    infer_ms: float = 0.0
+    detect_ms: float = 0.0
+    labels: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class StreamParts:
+    """The shared, thread-safe parts every stream uses."""
+
+    detector: FaceDetector
+    batcher: MicroBatcher
+    publisher: Publisher
+    crop_size: int
+    tracker: TrackerSettings
+    smoothing_alpha: float
+    engine_close: Callable[[], None] = lambda: None
+
+
+class StreamRunner:
+    """Runs one stream on its own thread until its source ends or ``stop()`` is called."""
+
+    def __init__(
+        self, spec: SourceSpec, source: VideoSource, parts: StreamParts, ctx: ev.EventContext
+    ) -> None:
+        self.spec = spec
+        self.source = source
+        self.ctx = ctx
+        self._p = parts
+        self._tracker = Tracker(parts.tracker)
+        self._smoother = EmaSmoother(parts.smoothing_alpha)
+        self._tracks: dict[int, TrackSummary] = {}
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._last_frame: Frame | None = None
+        self.counters = StreamCounters()
+        self.error: str | None = None
+        self.end_reason = "running"
+        self._thread = threading.Thread(
+            target=self._run, name=f"stream-{spec.stream_id}", daemon=True
+        )
+
+    @property
+    def stream_id(self) -> str:
+        return self.spec.stream_id
+
+    def start(self) -> None:
+        self.source.start()
+        self._thread.start()
+
+    def stop(self, reason: str = "stopped") -> None:
+        self.end_reason = reason
+        self._stop.set()
+        self.source.stop()
+
+    def join(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # one stream's failure never takes the worker down
+            self.error = f"stream {self.stream_id}: processing failed: {exc}"
+            logger.exception("stream %s: processing failed", self.stream_id)
+            self.source.stop()
+        finally:
+            try:
+                self._finish()
+            finally:
+                self._done.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self.source.get(timeout=0.2)
+            if frame is None:
+                if self.source.ended:
+                    break
+                continue
+            self.process(frame)
+        if self.source.error is not None and self.error is None:
+            self.error = str(self.source.error)
+        if self.end_reason == "running":
+            self.end_reason = "error" if self.error else "eof"
+
+    def process(self, frame: Frame) -> FrameResult:
+        t0 = time.perf_counter()
+        faces = self._p.detector.detect(frame.image)
+        t1 = time.perf_counter()
+        faces, ended = self._tracker.update(faces)
+        probs = np.zeros((0, len(EMOTIONS)), np.float32)
+        if len(faces):
+            crops = align_faces(frame.image, faces, self._p.crop_size)
+            probs = self._p.batcher.submit(crops).result()
+        t2 = time.perf_counter()
+        emotions = Emotions(np.asarray(probs, np.float32))
+        smoothed = self._smoother.update(faces, emotions)
+        result = FrameResult(frame, faces, emotions, smoothed, tuple(ended))
+        self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        out = ev.face_events(result, self.ctx)
+        out += self._track_end_events(ended)
+        self._p.publisher.put(out, frame.decoded_at)
+        self._last_frame = frame
+        return result
+
+    def _account(self, result: FrameResult, detect_ms: float, infer_ms: float) -> None:
+        c = self.counters
+        c.processed += 1
+        c.faces += len(result.faces)
+        c.detect_ms += detect_ms
+        c.infer_ms += infer_ms
+        labels = result.emotions.labels()
+        c.labels.update(labels)
+        for tid, label in zip(result.faces.track_id.tolist(), labels, strict=True):
+            summary = self._tracks.get(tid)
+            if summary is None:
+                f = result.frame
+                summary = TrackSummary(f.frame_num, f.frame_num, f.wall_ts, f.wall_ts, f.pts, f.pts)
+                self._tracks[tid] = summary
+                c.tracks += 1
+            summary.add(result.frame, label)
+
+    def _track_end_events(self, ended: list[int] | tuple[int, ...]) -> list[dict[str, Any]]:
+        self._smoother.forget(list(ended))
+        out = []
+        for tid in ended:
+            summary = self._tracks.pop(tid, None)
+            if summary is not None:
+                out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx))
+        return out
+
+    def _finish(self) -> None:
+        out = self._track_end_events(self._tracker.end_all())
+        frames = self.source.stats().decoded
+        out.append(
+            ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
+        )
+        self._p.publisher.put(out, None)
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        src = self.source.stats()
+        elapsed = max(time.time() - c.started_at, 1e-6)
+        return {
+            "stream_id": self.stream_id,
+            "url": self.spec.display,
+            "decoded": src.decoded,
+            "dropped": src.dropped,
+            "reconnects": src.reconnects,
+            "processed": c.processed,
+            "faces": c.faces,
+            "tracks": c.tracks,
+            "emotions": dict(c.labels),
+            "fps": c.processed / elapsed,
+            "faces_per_s": c.faces / elapsed,
+            "detect_ms_mean": c.detect_ms / max(c.processed, 1),
+            "infer_ms_mean": c.infer_ms / max(c.processed, 1),
+            "done": self.done,
+            "end_reason": self.end_reason,
+            "error": self.error,
+        }
