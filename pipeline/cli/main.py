@@ -19,10 +19,12 @@ logger = logging.getLogger(__name__)
 
 #: Modules that each expose ``register(subparsers)``; one module per area.
 COMMAND_MODULES = (
-    "pipeline.cli.run",  # run, bench
+    "pipeline.cli.run",  # run, bench, sample
+    "pipeline.cli.worker",  # worker
+    "pipeline.cli.config",  # config show
     "pipeline.cli.models",  # models bootstrap | list
     "pipeline.cli.sessions",  # sessions show, tail
-    "pipeline.cli.streams",  # streams add | remove | list, worker
+    "pipeline.cli.streams",  # streams add | remove | list
     "pipeline.cli.engines",  # engines build | bench | parity
     "training.cli",  # train, evaluate, export
 )

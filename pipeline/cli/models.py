@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 
@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     b.add_argument("--force", action="store_true", help="Rebuild even when the manifest verifies.")
     b.set_defaults(func=cmd_bootstrap)
-    ls = msub.add_parser("list", help="Show each model: name, kind, path, sha256, size, license.")
+    ls = msub.add_parser(
+        "list", help="Show each model: name, kind, path (from here), sha256, size, license."
+    )
     ls.add_argument(
         "--dir", type=Path, default=Path("models"), help="Models folder (default: models)."
     )
@@ -46,7 +48,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise ModelError(
             f"models folder {folder} does not exist: run `emotion-stream models bootstrap --dir {folder}`"
         )
-    entries = list_models(folder)
+    # The manifest keeps paths relative to the folder; a user's script needs them from here.
+    entries = [replace(e, path=str(folder / e.path)) for e in list_models(folder)]
     if args.json:
         print(json.dumps([asdict(e) for e in entries], indent=2))
         return 0

@@ -13,7 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import KafkaSettings, RedisSettings, WorkerSettings
+from pipeline.cli import options as opts
+from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
+from pipeline.core.config import WorkerSettings
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -21,59 +23,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_JSONL = "out/events.jsonl"
 
 
-def add_worker_options(p: argparse.ArgumentParser) -> None:
-    """Options shared by ``run`` and ``bench``."""
-    p.add_argument(
-        "--models", type=Path, default=Path("models"), help="Model folder (default: models)."
-    )
-    p.add_argument(
-        "--detector", type=Path, help="Detector ONNX (default: best det_*.onnx in --models)."
-    )
-    p.add_argument(
-        "--emotion-model",
-        type=Path,
-        help="Emotion model ONNX/plan (default: the bootstrapped one).",
-    )
-    p.add_argument("--backend", default="auto", help="Engine: auto, tensorrt, onnxruntime, torch.")
-    p.add_argument("--precision", default="fp32", help="Engine precision: fp32, fp16, int8.")
-    p.add_argument("--max-batch", type=int, default=32, help="Most faces per inference batch.")
-    p.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="Longest a face waits for a batch."
-    )
-    p.add_argument("--no-batching", action="store_true", help="Classify each frame on its own.")
-    p.add_argument("--every", type=int, default=1, help="Process every Nth decoded frame.")
-    p.add_argument("--max-frames", type=int, help="Stop each stream after N decoded frames.")
-    p.add_argument("--realtime", action="store_true", help="Pace files at their frame rate.")
-    p.add_argument("--loop", action="store_true", help="Replay files forever (stop with Ctrl-C).")
-    p.add_argument(
-        "--stream-id", action="append", default=[], help="Stream id per source, in order."
-    )
-    p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
-
-
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``run``, ``bench`` and ``sample`` to the CLI."""
     run = sub.add_parser("run", help="Run the pipeline on files / RTSP / HTTP sources.")
     run.add_argument(
         "sources", nargs="+", metavar="SOURCE", help="File path, file://, rtsp://, http(s)://"
     )
     run.add_argument(
-        "--sink",
-        action="append",
-        default=[],
-        help=f"jsonl:PATH, stdout, kafka or redis; repeatable (default: jsonl:{DEFAULT_JSONL}).",
+        "--stream-id", action="append", default=[], help="Stream id per source, in order."
     )
-    run.add_argument("--kafka", help="Kafka bootstrap HOST:PORT (adds the kafka sink).")
-    run.add_argument("--topic", default="emotion-events", help="Kafka events topic.")
-    run.add_argument(
-        "--partitions", type=int, default=6, help="Partitions if the topic is created."
-    )
-    run.add_argument(
-        "--redis", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (adds the redis sink)."
-    )
-    run.add_argument("--session", default="default", help="Session id for events and aggregates.")
-    run.add_argument("--worker-id", default="worker-0", help="worker_id carried in every event.")
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
-    add_worker_options(run)
+    add_options(run, [opts.CONFIG], opts.IDENTITY, opts.ENGINE, opts.SOURCE, opts.SINKS)
+    add_options(run, opts.KAFKA, opts.REDIS[:1])
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="Measure the pipeline on a clip against bare decoding.")
@@ -82,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
-    add_worker_options(bench)
+    add_options(bench, [opts.CONFIG], opts.ENGINE, opts.SOURCE)
     bench.set_defaults(func=cmd_bench)
 
     sample = sub.add_parser("sample", help="Write the bundled sample clip (real faces, H.264).")
@@ -92,58 +53,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sample.set_defaults(func=cmd_sample)
 
 
-def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
-    """Settings from --config (if any) overridden by the flags."""
-    base: dict[str, Any] = {}
-    if args.config is not None:
-        try:
-            base = json.loads(args.config.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(
-                f"--config {args.config}: cannot read JSON ({exc}): fix or remove it"
-            ) from exc
-    try:
-        s = WorkerSettings(**base, **extra)
-        source = s.source.model_copy(
-            update={
-                "every": args.every,
-                "max_frames": args.max_frames,
-                "realtime": args.realtime,
-                "loop": args.loop,
-            }
-        )
-        emotion = s.emotion.model_copy(
-            update={"backend": args.backend, "precision": args.precision}
-        )
-        if args.emotion_model is not None:
-            emotion = emotion.model_copy(update={"model": args.emotion_model})
-        detector = s.detector.model_copy(update={"model_file": args.detector})
-        batch = s.batch.model_copy(
-            update={
-                "max_batch": args.max_batch,
-                "max_wait_ms": args.max_wait_ms,
-                "enabled": not args.no_batching,
-            }
-        )
-        s = s.model_copy(
-            update={"source": source, "emotion": emotion, "detector": detector, "batch": batch}
-        )
-        # model_copy skips validation: validate the result once, here at the edge.
-        return WorkerSettings.model_validate(s.model_dump())
-    except ValueError as exc:
-        raise ConfigError(f"invalid settings: {exc}".replace("\n", " ")) from exc
-
-
-def _sink_specs(args: argparse.Namespace) -> list[str]:
-    specs = list(args.sink)
-    if args.kafka and "kafka" not in specs:
+def sink_specs(settings: WorkerSettings) -> list[str]:
+    """``sinks.specs``, plus kafka / redis when their connection is set; else the JSONL file."""
+    specs = list(settings.sinks.specs)
+    if settings.kafka.bootstrap and "kafka" not in specs:
         specs.append("kafka")
-    if args.redis and "redis" not in specs:
+    if settings.redis.url and "redis" not in specs:
         specs.append("redis")
-    if "kafka" in specs and not args.kafka:
-        raise ConfigError("--sink kafka needs --kafka HOST:PORT")
-    if "redis" in specs and not args.redis:
-        raise ConfigError("--sink redis needs --redis URL")
+    if "kafka" in specs:
+        require_kafka(settings)
+    if "redis" in specs:
+        require_redis(settings)
     return specs or [f"jsonl:{DEFAULT_JSONL}"]
 
 
@@ -178,11 +98,10 @@ def _install_signals(stop: threading.Event) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime.worker import build_worker
 
-    settings = worker_settings(args, worker_id=args.worker_id, session_id=args.session)
+    settings = settings_from_args(args)
     specs = _parse_sources(args)
-    kafka = KafkaSettings(bootstrap=args.kafka, topic=args.topic, partitions=args.partitions)
-    redis = RedisSettings(url=args.redis)
-    worker = build_worker(settings, _sink_specs(args), kafka, redis, models_dir=args.models)
+    sinks = sink_specs(settings)
+    worker = build_worker(settings, sinks, settings.kafka, settings.redis)
     stop = threading.Event()
     _install_signals(stop)
     t0 = time.time()
@@ -193,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed = worker.failed_streams()
     worker.stop("shutdown" if stop.is_set() else "eof")
     summary = summarise(stats, time.time() - t0)
-    out = sys.stderr if "stdout" in _sink_specs(args) else sys.stdout
+    out = sys.stderr if "stdout" in sinks else sys.stdout
     if args.json:
         print(json.dumps(summary, indent=2), file=out)
     else:
@@ -252,8 +171,8 @@ def render_summary(s: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.tools.bench import run_bench
 
-    settings = worker_settings(args)
-    result = run_bench(args.source, settings, args.models, streams=args.streams)
+    settings = settings_from_args(args)
+    result = run_bench(args.source, settings, settings.detector.model_dir, streams=args.streams)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

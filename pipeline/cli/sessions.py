@@ -9,27 +9,25 @@ import sys
 import time
 from typing import Any
 
-from pipeline.core.config import KafkaSettings, RedisSettings
+from pipeline.cli import options as opts
+from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add this area's subcommands to the CLI."""
+    """Add ``sessions show`` and ``tail`` to the CLI."""
     sessions = sub.add_parser("sessions", help="Aggregated statistics kept in Redis.")
     ssub = sessions.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
     show = ssub.add_parser("show", help="Show one session's aggregates.")
     show.add_argument("session", help="Session id (the worker's --session).")
-    show.add_argument("--redis", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0.")
-    show.add_argument("--prefix", default="es", help="Key prefix (default: es).")
     show.add_argument("--tracks", action="store_true", help="Also list per-track aggregates.")
     show.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    add_options(show, [opts.CONFIG], opts.REDIS)
     show.set_defaults(func=cmd_sessions_show)
 
     tail = sub.add_parser("tail", help="Print events from Kafka as they arrive, one line each.")
-    tail.add_argument("--kafka", required=True, help="Kafka bootstrap HOST:PORT.")
-    tail.add_argument("--topic", default="emotion-events", help="Events topic.")
     tail.add_argument("--from-beginning", action="store_true", help="Start at the oldest event.")
     tail.add_argument("--max", type=int, default=None, metavar="N", help="Exit after N events.")
     tail.add_argument(
@@ -39,18 +37,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="S",
         help="Exit after S seconds without a new event.",
     )
+    add_options(tail, [opts.CONFIG], opts.KAFKA[:2])
     tail.set_defaults(func=cmd_tail)
 
 
 def cmd_sessions_show(args: argparse.Namespace) -> int:
     from pipeline.sinks.redis_agg import connect, read_session, read_tracks
 
-    settings = RedisSettings(url=args.redis, key_prefix=args.prefix)
-    client = connect(args.redis, settings.secret())
+    settings = settings_from_args(args)
+    require_redis(settings)
+    redis = settings.redis
+    assert redis.url is not None
+    client = connect(redis.url, redis.secret())
     try:
-        agg = read_session(client, args.prefix, args.session)
+        agg = read_session(client, redis.key_prefix, args.session)
         if args.tracks:
-            agg["track_list"] = read_tracks(client, args.prefix, args.session)
+            agg["track_list"] = read_tracks(client, redis.key_prefix, args.session)
     finally:
         client.close()
     if args.json:
@@ -88,10 +90,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     if args.max is not None and args.max < 1:
         raise ConfigError("--max must be at least 1")
-    kafka = KafkaSettings(bootstrap=args.kafka, topic=args.topic)
+    settings = settings_from_args(args)
+    require_kafka(settings)
+    kafka = settings.kafka
     consumer = make_consumer(
         kafka,
-        args.topic,
+        kafka.topic,
         group_id=None,
         auto_offset_reset="earliest" if args.from_beginning else "latest",
         enable_auto_commit=False,

@@ -10,28 +10,21 @@ so that a stream runs twice only while a dead worker's session has not yet expir
 
 from __future__ import annotations
 
-import enum
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.control.metrics import Metrics
 from pipeline.control.streams import StreamRecord, client_kwargs, validate_record
-from pipeline.core.config import KafkaSettings, SourceSettings
+from pipeline.core.config import Assignor, GroupSettings, KafkaSettings, SourceSettings
 from pipeline.core.errors import ConfigError, EmotionStreamError
 
 logger = logging.getLogger(__name__)
 
-
-class Assignor(enum.StrEnum):
-    """Partition assignment protocol of the group."""
-
-    COOPERATIVE = "cooperative"  # KIP-429: only moving partitions are revoked
-    EAGER = "eager"  # range / round robin: every rebalance revokes everything
+__all__ = ["Assignor", "GroupRunner", "GroupSettings", "StreamHost"]
 
 
 class StreamHost(Protocol):
@@ -49,19 +42,6 @@ class StreamHost(Protocol):
     ) -> None: ...
 
     def stream_ids(self) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class GroupSettings:
-    """Consumer-group timing. Hand-over after a crash is about ``session_timeout_ms`` plus
-    one rebalance; a clean leave (SIGTERM) hands over in about one rebalance."""
-
-    group: str = "emotion-workers"
-    session_timeout_ms: int = 10000
-    heartbeat_interval_ms: int = 1000
-    max_poll_interval_ms: int = 60000
-    assignor: Assignor = Assignor.COOPERATIVE
-    poll_ms: int = 200
 
 
 def _default_make_spec(url: str, stream_id: str) -> Any:

@@ -29,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.core.config import DropPolicy, KafkaSettings, SourceSettings
 from pipeline.core.errors import ConfigError, SinkError
+from pipeline.media.sources import STREAM_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
 RECORD_SCHEMA = "emotion-stream.stream/v1"
 ALLOWED_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "file"})
-STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -45,7 +45,7 @@ class StreamRecord(BaseModel):
 
     schema_: str = Field(RECORD_SCHEMA, alias="schema", description="Record schema tag.")
     stream_id: str = Field(
-        pattern=STREAM_ID_PATTERN, description="Key of the record; unique per stream."
+        pattern=STREAM_ID_PATTERN.pattern, description="Key of the record; unique per stream."
     )
     url: str = Field(
         min_length=1, max_length=4096, description="rtsp://, http(s)://, file: URL or path."
@@ -181,42 +181,16 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
 
 def ensure_control_topic(kafka: KafkaSettings, partitions: int, timeout_s: float = 15.0) -> int:
     """Create the compacted control topic if missing; returns its partition count."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    from pipeline.core.kafka_client import ensure_topic
 
-    try:
-        admin = KafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=int(timeout_s * 1000))
-    except KafkaError as exc:
-        raise SinkError(f"kafka {kafka.bootstrap}: cannot connect ({exc}): check --kafka") from exc
-    try:
-        topic = NewTopic(
-            kafka.control_topic,
-            num_partitions=partitions,
-            replication_factor=kafka.replication,
-            topic_configs={"cleanup.policy": "compact"},
-        )
-        try:
-            admin.create_topics([topic])
-            logger.info(
-                "created compacted control topic %s (%d partitions)",
-                kafka.control_topic,
-                partitions,
-            )
-        except TopicAlreadyExistsError:
-            pass
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            meta = admin.describe_topics([kafka.control_topic])
-            n = len(meta[0].get("partitions") or []) if meta else 0
-            if n:
-                return n
-            time.sleep(0.2)
-        raise SinkError(
-            f"control topic {kafka.control_topic}: no partitions after {timeout_s:.0f} s"
-        )
-    finally:
-        admin.close()
+    return ensure_topic(
+        kafka,
+        kafka.control_topic,
+        partitions,
+        kafka.replication,
+        config={"cleanup.policy": "compact"},
+        timeout_s=timeout_s,
+    )
 
 
 class ControlClient:

@@ -128,6 +128,11 @@ class KafkaSettings(BaseSettings):
     control_topic: str = Field(
         "emotion-streams", description="Compacted control topic of stream specs."
     )
+    control_partitions: int = Field(
+        12,
+        ge=1,
+        description="Partitions if the control topic is created (at most this many workers share streams).",
+    )
     security_protocol: str = Field(
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
@@ -172,6 +177,49 @@ class RedisSettings(BaseSettings):
         return None
 
 
+class Assignor(enum.StrEnum):
+    """Partition assignment protocol of the worker group."""
+
+    COOPERATIVE = "cooperative"  # KIP-429: only moving partitions are revoked
+    EAGER = "eager"  # range / round robin: every rebalance revokes everything
+
+
+class GroupSettings(StrictModel):
+    """Consumer group on the control topic. Hand-over after a crash is about
+    ``session_timeout_ms`` plus one rebalance; a clean leave (SIGTERM) about one rebalance."""
+
+    group: str = Field("emotion-workers", description="Consumer group shared by the workers.")
+    session_timeout_ms: int = Field(
+        10000, ge=1, description="Group session timeout (crash hand-over)."
+    )
+    heartbeat_interval_ms: int = Field(1000, ge=1, description="Group heartbeat interval.")
+    max_poll_interval_ms: int = Field(60000, ge=1, description="Group rebalance timeout.")
+    assignor: Assignor = Field(
+        Assignor.COOPERATIVE,
+        description="cooperative: only moving streams restart on a rebalance; eager: all restart.",
+    )
+    poll_ms: int = Field(200, ge=1, description="Longest one poll of the control topic waits.")
+    media_root: Path | None = Field(
+        None, description="Folder that file: sources of stream records must lie under (None: none)."
+    )
+
+
+class MetricsSettings(StrictModel):
+    """The worker's HTTP endpoints: /healthz, /readyz, /metrics."""
+
+    port: int = Field(9100, ge=-1, le=65535, description="Port (0: any free port; -1: off).")
+    host: str = Field("0.0.0.0", description="Address the HTTP endpoints bind.")
+
+
+class SinkSettings(StrictModel):
+    """Where events go, besides Kafka and Redis (added when kafka.bootstrap / redis.url are set)."""
+
+    specs: tuple[str, ...] = Field(
+        (),
+        description="jsonl:PATH, stdout, kafka or redis; empty: `run` writes jsonl:out/events.jsonl.",
+    )
+
+
 class WorkerSettings(StrictModel):
     """Everything one worker run needs, built once by the CLI."""
 
@@ -182,3 +230,11 @@ class WorkerSettings(StrictModel):
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
     tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
+    sinks: SinkSettings = Field(default_factory=SinkSettings, description="Event sinks.")  # type: ignore[arg-type]
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka.")  # type: ignore[arg-type]
+    redis: RedisSettings = Field(default_factory=RedisSettings, description="Redis.")  # type: ignore[arg-type]
+    group: GroupSettings = Field(default_factory=GroupSettings, description="Worker group.")  # type: ignore[arg-type]
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,  # type: ignore[arg-type]
+        description="HTTP health and metrics endpoints.",
+    )

@@ -158,6 +158,15 @@ def ensure_topic(
         admin.close()
 
 
+def partition_count(kafka: KafkaSettings, topic: str) -> int:
+    """Partitions of ``topic`` as the cluster metadata reports them; 0 if it does not exist."""
+    consumer = make_consumer(kafka)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
 def _partition_count(admin: Any, topic: str, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:

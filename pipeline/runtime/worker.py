@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core import events as ev
-from pipeline.core.config import KafkaSettings, RedisSettings, SourceSettings, WorkerSettings
+from pipeline.core.config import (
+    EmotionSettings,
+    KafkaSettings,
+    RedisSettings,
+    SourceSettings,
+    WorkerSettings,
+)
 from pipeline.core.errors import ConfigError
 from pipeline.runtime.publisher import Publisher
 from pipeline.runtime.stream import StreamParts, StreamRunner
@@ -190,9 +196,14 @@ def build_worker(
 
 
 def with_models_dir(settings: WorkerSettings, models_dir: Path) -> WorkerSettings:
-    """Point the detector folder and a relative default emotion model at ``models_dir``."""
+    """Point the detector folder at ``models_dir``, and the emotion model too while it is the
+    default one. A no-op when ``models_dir`` is already the detector folder, so settings the
+    CLI built (``--models``, ``--config``, ``ES_*``) are never overwritten."""
+    if Path(models_dir) == settings.detector.model_dir:
+        return settings
     emotion = settings.emotion
-    if not emotion.model.is_absolute() and emotion.model.parent == Path("models"):
-        emotion = emotion.model_copy(update={"model": models_dir / emotion.model.name})
+    default = EmotionSettings.model_fields["model"].default
+    if emotion.model in (default, settings.detector.model_dir / default.name):
+        emotion = emotion.model_copy(update={"model": models_dir / default.name})
     detector = settings.detector.model_copy(update={"model_dir": models_dir})
     return settings.model_copy(update={"detector": detector, "emotion": emotion})

@@ -1,0 +1,181 @@
+"""Command-line options that set ``WorkerSettings`` fields, declared once for every command.
+
+Each ``Opt`` names its flag and the settings field it sets (``"batch.max_batch"``). Flags
+default to "not given" (``argparse.SUPPRESS``): a flag that is absent leaves the value of the
+``--config`` file, the ``ES_*`` environment or the default in place. ``settings_from_args``
+builds the settings with the one precedence of ``pipeline.core.config_load``.
+
+To add a setting: add the field (with its description) to ``pipeline/core/config.py`` and,
+if it deserves a flag, one ``Opt`` line to the group it belongs to below.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.core.config import Assignor, DropPolicy, WorkerSettings
+from pipeline.core.config_load import load_settings
+from pipeline.core.errors import ConfigError
+
+#: Namespace attributes that hold settings fields start with this.
+FIELD_DEST = "es__"
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One flag: ``field`` is the dotted settings path it sets (None: the command's own)."""
+
+    flag: str
+    field: str | None
+    help: str
+    type: Callable[[str], Any] | None = None
+    const: Any = None  # a flag without a value stores this (--loop: True)
+    choices: Sequence[str] | None = None
+    append: bool = False
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        if self.field is None:
+            return self.flag.lstrip("-").replace("-", "_")
+        return FIELD_DEST + self.field.replace(".", "__")
+
+
+CONFIG = Opt("--config", None, "Settings file (YAML, TOML or JSON); flags given override it.", Path)
+IDENTITY = (
+    Opt("--worker-id", "worker_id", "worker_id carried in every event."),
+    Opt("--session", "session_id", "Session id of events and aggregates."),
+)
+MODELS = (
+    Opt("--models", "detector.model_dir", "Model folder (default: models).", Path),
+    Opt("--detector", "detector.model_file", "Detector ONNX (default: best det_*.onnx).", Path),
+    Opt(
+        "--emotion-model", "emotion.model", "Emotion model ONNX/plan (default: in --models).", Path
+    ),
+    Opt("--backend", "emotion.backend", "Engine: auto, tensorrt, onnxruntime, torch."),
+    Opt("--precision", "emotion.precision", "Engine precision: fp32, fp16, int8."),
+)
+BATCH = (
+    Opt("--max-batch", "batch.max_batch", "Most faces per inference batch.", int),
+    Opt("--max-wait-ms", "batch.max_wait_ms", "Longest a face waits for a batch.", float),
+    Opt("--no-batching", "batch.enabled", "Classify each frame on its own.", const=False),
+)
+SOURCE = (
+    Opt("--every", "source.every", "Process every Nth decoded frame.", int),
+    Opt("--max-frames", "source.max_frames", "Stop each stream after N decoded frames.", int),
+    Opt("--realtime", "source.realtime", "Pace files at their frame rate.", const=True),
+    Opt("--loop", "source.loop", "Replay files forever (stop with Ctrl-C).", const=True),
+    Opt(
+        "--drop-policy",
+        "source.drop_policy",
+        "Full-queue policy of live sources.",
+        choices=[p.value for p in DropPolicy],
+    ),
+)
+SINKS = (
+    Opt("--sink", "sinks.specs", "jsonl:PATH, stdout, kafka or redis; repeatable.", append=True),
+)
+KAFKA = (
+    Opt("--kafka", "kafka.bootstrap", "Kafka bootstrap HOST:PORT[,...] (env ES_KAFKA_BOOTSTRAP)."),
+    Opt("--topic", "kafka.topic", "Kafka events topic (default: emotion-events)."),
+    Opt("--partitions", "kafka.partitions", "Partitions if the events topic is created.", int),
+)
+CONTROL = (
+    Opt("--kafka", "kafka.bootstrap", "Kafka bootstrap HOST:PORT[,...] (env ES_KAFKA_BOOTSTRAP)."),
+    Opt(
+        "--control-topic",
+        "kafka.control_topic",
+        "Compacted control topic (default: emotion-streams).",
+    ),
+    Opt(
+        "--control-partitions",
+        "kafka.control_partitions",
+        "Partitions if the control topic is created (at most this many workers share streams).",
+        int,
+    ),
+)
+REDIS = (
+    Opt("--redis", "redis.url", "Redis URL, e.g. redis://127.0.0.1:6379/0 (env ES_REDIS_URL)."),
+    Opt("--prefix", "redis.key_prefix", "Redis key prefix (default: es)."),
+)
+GROUP = (
+    Opt("--group", "group.group", "Consumer group shared by the workers."),
+    Opt("--media-root", "group.media_root", "Folder file: sources must lie under.", Path),
+    Opt("--session-timeout-ms", "group.session_timeout_ms", "Group session timeout.", int),
+    Opt("--heartbeat-ms", "group.heartbeat_interval_ms", "Group heartbeat interval.", int),
+    Opt("--max-poll-interval-ms", "group.max_poll_interval_ms", "Group rebalance timeout.", int),
+    Opt(
+        "--assignor",
+        "group.assignor",
+        "cooperative: only moving streams restart; eager: all.",
+        choices=[a.value for a in Assignor],
+    ),
+    Opt(
+        "--metrics-port",
+        "metrics.port",
+        "Port of /healthz, /readyz, /metrics (0: any; -1: off).",
+        int,
+    ),
+    Opt("--metrics-host", "metrics.host", "Address the HTTP endpoints bind."),
+)
+
+#: What ``run`` and ``bench`` share with ``worker`` and ``config show``.
+ENGINE = (*MODELS, *BATCH)
+#: Every flag that sets a field, for ``config show``.
+ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP)
+
+
+def add_options(p: argparse.ArgumentParser, *groups: Iterable[Opt]) -> None:
+    """Add each option once (a flag shared by two groups is added by the first)."""
+    seen = {a for action in p._actions for a in action.option_strings}
+    for opt in (o for g in groups for o in g):
+        if opt.flag in seen:
+            continue
+        seen.add(opt.flag)
+        help_text = f"{opt.help} [{opt.field}]" if opt.field else opt.help
+        kw: dict[str, Any] = {"dest": opt.dest, "default": argparse.SUPPRESS, "help": help_text}
+        if opt.const is not None:
+            kw.update(action="store_const", const=opt.const)
+        else:
+            metavar = opt.metavar or opt.flag.lstrip("-").upper().replace("-", "_")
+            kw.update(type=opt.type, choices=opt.choices, metavar=None if opt.choices else metavar)
+            if opt.append:
+                kw["action"] = "append"
+        p.add_argument(opt.flag, **kw)
+
+
+def flag_layer(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags given set, as a nested dict (``{"batch": {"max_batch": 8}}``)."""
+    layer: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if not dest.startswith(FIELD_DEST):
+            continue
+        *sections, key = dest.removeprefix(FIELD_DEST).split("__")
+        node = layer
+        for s in sections:
+            node = node.setdefault(s, {})
+        node[key] = tuple(value) if isinstance(value, list) else value
+    return layer
+
+
+def settings_from_args(
+    args: argparse.Namespace, base: Mapping[str, Any] | None = None
+) -> WorkerSettings:
+    """Flags given > ``--config`` > ``ES_*`` environment > ``base`` > defaults."""
+    return load_settings(getattr(args, "config", None), flag_layer(args), base=base)
+
+
+def require_kafka(settings: WorkerSettings) -> None:
+    if not settings.kafka.bootstrap:
+        raise ConfigError(
+            "no Kafka: pass --kafka HOST:PORT, set ES_KAFKA_BOOTSTRAP or kafka.bootstrap in --config"
+        )
+
+
+def require_redis(settings: WorkerSettings) -> None:
+    if not settings.redis.url:
+        raise ConfigError("no Redis: pass --redis URL, set ES_REDIS_URL or redis.url in --config")
