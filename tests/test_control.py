@@ -499,17 +499,12 @@ def test_streams_list_unreachable_kafka_fails_with_one_line() -> None:
 
 def test_ensure_control_topic_asks_for_compaction(monkeypatch: pytest.MonkeyPatch) -> None:
     """The create request itself (tansu does not report topic configs back)."""
-    import kafka
-
-    from pipeline.control import streams as control
+    from pipeline.core import kafka_client
 
     created: list[Any] = []
 
     class FakeAdmin:
-        def __init__(self, **_kw: Any) -> None:
-            pass
-
-        def create_topics(self, topics: list[Any]) -> None:
+        def create_topics(self, topics: list[Any], **_kw: Any) -> None:
             created.extend(topics)
 
         def describe_topics(self, _names: list[str]) -> list[dict[str, Any]]:
@@ -518,8 +513,7 @@ def test_ensure_control_topic_asks_for_compaction(monkeypatch: pytest.MonkeyPatc
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(kafka, "KafkaAdminClient", FakeAdmin)
-    monkeypatch.setattr(control, "client_kwargs", lambda _k: {})
+    monkeypatch.setattr(kafka_client, "make_admin", lambda _k, _t: FakeAdmin())
     n = ensure_control_topic(KafkaSettings(bootstrap="h:1", control_topic="ctl"), 7)
     assert n == 7 and created[0].name == "ctl"
     assert created[0].topic_configs == {"cleanup.policy": "compact"}
