@@ -127,7 +127,8 @@ def test_bootstrap_force_reproduces_same_sha256(models_copy: Path) -> None:
 def test_models_list_json_fields(models_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy(models_copy / "scrfd_retinaface_mnet025.onnx", models_copy / "det_user.onnx")
     assert main(["models", "list", "--dir", str(models_copy), "--json"]) == 0
-    rows = {r["path"]: r for r in json.loads(capsys.readouterr().out)}
+    rows = {Path(r["path"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert all(Path(r["path"]) == models_copy / name for name, r in rows.items())
     assert set(rows) == {
         "scrfd_retinaface_mnet025.onnx",
         "emotion_mini_xception.onnx",

@@ -29,121 +29,119 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+JSON_FLAG: Arg = (("--json",), {"action": "store_true", "help": "Print JSON."})
+
+#: Each subcommand's arguments: (names, argparse keywords).
+BUILD_ARGS: tuple[Arg, ...] = (
+    (("model",), {"type": Path, "metavar": "MODEL.onnx", "help": "ONNX emotion model."}),
+    (
+        ("--precision",),
+        {"choices": ("fp32", "fp16", "int8"), "default": "fp16", "help": "Plan precision."},
+    ),
+    (("--max-batch",), {"type": int, "default": 32, "help": "Largest batch of the profile."}),
+    (("--opt-batch",), {"type": int, "help": "Batch to tune for (default: max batch)."}),
+    (
+        ("--calib",),
+        {
+            "type": Path,
+            "help": "int8 calibration: folder of aligned face crops, .npy of crops, or a video with faces.",
+        },
+    ),
+    (("--cache", "--out"), {"dest": "cache", "type": Path, "help": "Plan cache folder."}),
+    (("--workspace-mb",), {"type": int, "default": 1024, "help": "Builder workspace, MiB."}),
+    (("--rebuild",), {"action": "store_true", "help": "Build even if a matching plan is cached."}),
+)
+PARITY_ARGS: tuple[Arg, ...] = (
+    (
+        ("model",),
+        {
+            "type": Path,
+            "nargs": "?",
+            "default": DEFAULT_MODEL,
+            "metavar": "MODEL.onnx",
+            "help": "ONNX model.",
+        },
+    ),
+    (("--torch",), {"type": Path, "help": "TorchScript reference (default: MODEL.pt if present)."}),
+    (
+        ("--crops",),
+        {
+            "type": Path,
+            "help": "Real aligned face crops: .npy (n,H,W) uint8, a folder of crop images, or a video (faces detected and aligned as the worker does).",
+        },
+    ),
+    (
+        ("--n",),
+        {
+            "type": int,
+            "default": 256,
+            "help": "Number of crops (default synthetic ones, or at most this many from --crops).",
+        },
+    ),
+    (
+        ("--int8-calib",),
+        {"type": Path, "help": "Also compare a TensorRT int8 plan calibrated on these crops."},
+    ),
+    (
+        ("--detector-dir",),
+        {"type": Path, "help": "Detector model folder for --crops VIDEO (default: models)."},
+    ),
+    (("--every",), {"type": int, "default": 3, "help": "--crops VIDEO: use every Nth frame."}),
+    JSON_FLAG,
+)
+BENCH_ARGS: tuple[Arg, ...] = (
+    (
+        ("model",),
+        {"type": Path, "nargs": "?", "metavar": "MODEL", "help": "ONNX, TorchScript or plan."},
+    ),
+    (("--model",), {"dest": "model_opt", "type": Path, "help": "Same as MODEL."}),
+    (
+        ("--backend",),
+        {"default": "auto", "help": "auto, all, or a comma list of onnxruntime, torch, tensorrt."},
+    ),
+    (("--precision",), {"default": "fp32", "help": "fp32, fp16 or int8 (comma list allowed)."}),
+    (
+        ("--batch-sizes", "--batch"),
+        {"dest": "batch_sizes", "type": _ints, "default": [1, 8, 32, 64], "help": "e.g. 1,8,32."},
+    ),
+    (("--iters",), {"type": int, "default": 50, "help": "Timed calls per batch size."}),
+    (
+        ("--min-seconds",),
+        {"type": float, "default": 0.5, "help": "Time each batch size at least this long."},
+    ),
+    (("--device",), {"help": "torch device (cpu, cuda)."}),
+    (("--json",), {"action": "store_true", "help": "Print the rows as JSON."}),
+)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``engines`` and its subcommands to the CLI."""
     engines = sub.add_parser(
         "engines", help="Emotion inference engines: list, build, parity, bench."
     )
     esub = engines.add_subparsers(dest="engines_command", metavar="ACTION", required=True)
-
-    ls = esub.add_parser("list", help="Backends and whether they can run here (and why not).")
-    ls.add_argument("--json", action="store_true", help="Print JSON.")
-    ls.set_defaults(func=cmd_list)
-
-    build = esub.add_parser(
-        "build", help="Build (or find cached) a TensorRT plan from an ONNX model."
+    commands = (
+        ("list", "Backends and whether they can run here (and why not).", (JSON_FLAG,), cmd_list),
+        (
+            "build",
+            "Build (or find cached) a TensorRT plan from an ONNX model.",
+            BUILD_ARGS,
+            cmd_build,
+        ),
+        (
+            "parity",
+            "Compare every available backend with PyTorch on the same crops.",
+            PARITY_ARGS,
+            cmd_parity,
+        ),
+        ("bench", "faces/s and latency per backend and batch size.", BENCH_ARGS, cmd_bench),
     )
-    build.add_argument("model", type=Path, metavar="MODEL.onnx", help="ONNX emotion model.")
-    build.add_argument(
-        "--precision", choices=("fp32", "fp16", "int8"), default="fp16", help="Plan precision."
-    )
-    build.add_argument("--max-batch", type=int, default=32, help="Largest batch of the profile.")
-    build.add_argument(
-        "--opt-batch", type=int, default=None, help="Batch to tune for (default: max batch)."
-    )
-    build.add_argument(
-        "--calib",
-        type=Path,
-        default=None,
-        help="int8 calibration: folder of aligned face crops, .npy of crops, or a video with faces.",
-    )
-    build.add_argument(
-        "--cache", "--out", dest="cache", type=Path, default=None, help="Plan cache folder."
-    )
-    build.add_argument("--workspace-mb", type=int, default=1024, help="Builder workspace, MiB.")
-    build.add_argument(
-        "--rebuild", action="store_true", help="Build even if a matching plan is cached."
-    )
-    build.set_defaults(func=cmd_build)
-
-    par = esub.add_parser(
-        "parity", help="Compare every available backend with PyTorch on the same crops."
-    )
-    par.add_argument(
-        "model",
-        type=Path,
-        nargs="?",
-        default=DEFAULT_MODEL,
-        metavar="MODEL.onnx",
-        help="ONNX model.",
-    )
-    par.add_argument(
-        "--torch",
-        type=Path,
-        default=None,
-        help="TorchScript reference (default: MODEL.pt if present).",
-    )
-    par.add_argument(
-        "--crops",
-        type=Path,
-        default=None,
-        help="Real aligned face crops: .npy (n,H,W) uint8, a folder of crop images, or a video (faces detected and aligned as the worker does).",
-    )
-    par.add_argument(
-        "--n",
-        type=int,
-        default=256,
-        help="Number of crops (default synthetic ones, or at most this many from --crops).",
-    )
-    par.add_argument(
-        "--int8-calib",
-        type=Path,
-        default=None,
-        help="Also compare a TensorRT int8 plan calibrated on these crops.",
-    )
-    par.add_argument(
-        "--detector-dir",
-        type=Path,
-        default=None,
-        help="Detector model folder for --crops VIDEO (default: models).",
-    )
-    par.add_argument("--every", type=int, default=3, help="--crops VIDEO: use every Nth frame.")
-    par.add_argument("--json", action="store_true", help="Print JSON.")
-    par.set_defaults(func=cmd_parity)
-
-    bench = esub.add_parser("bench", help="faces/s and latency per backend and batch size.")
-    bench.add_argument(
-        "model",
-        type=Path,
-        nargs="?",
-        default=None,
-        metavar="MODEL",
-        help="ONNX, TorchScript or plan.",
-    )
-    bench.add_argument("--model", dest="model_opt", type=Path, default=None, help="Same as MODEL.")
-    bench.add_argument(
-        "--backend",
-        default="auto",
-        help="auto, all, or a comma list of onnxruntime, torch, tensorrt.",
-    )
-    bench.add_argument(
-        "--precision", default="fp32", help="fp32, fp16 or int8 (comma list allowed)."
-    )
-    bench.add_argument(
-        "--batch-sizes",
-        "--batch",
-        dest="batch_sizes",
-        type=_ints,
-        default=[1, 8, 32, 64],
-        help="e.g. 1,8,32.",
-    )
-    bench.add_argument("--iters", type=int, default=50, help="Timed calls per batch size.")
-    bench.add_argument(
-        "--min-seconds", type=float, default=0.5, help="Time each batch size at least this long."
-    )
-    bench.add_argument("--device", default=None, help="torch device (cpu, cuda).")
-    bench.add_argument("--json", action="store_true", help="Print the rows as JSON.")
-    bench.set_defaults(func=cmd_bench)
+    for name, help_text, arguments, func in commands:
+        p = esub.add_parser(name, help=help_text)
+        for names, kw in arguments:
+            p.add_argument(*names, **kw)
+        p.set_defaults(func=func)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
