@@ -82,22 +82,30 @@ def _drop_masked(data: dict[str, Any]) -> Layer:
     return out
 
 
+def env_names() -> dict[str, tuple[str, ...]]:
+    """Every ``ES_*`` variable the settings read, with the settings path it sets."""
+    names: dict[str, tuple[str, ...]] = {}
+    for name, field in WorkerSettings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            for key in section.model_fields:
+                names[f"{ENV_PREFIX}{name}_{key}".upper()] = (name, key)
+        else:
+            names[f"{ENV_PREFIX}{name}".upper()] = (name,)
+    return names
+
+
 def env_layer(environ: Mapping[str, str] | None = None) -> Layer:
     """``ES_<SECTION>_<FIELD>`` (and ``ES_<FIELD>`` for top-level fields) that are set."""
     environ = os.environ if environ is None else environ
     layer: Layer = {}
-    for name, field in WorkerSettings.model_fields.items():
-        section = field.annotation
-        if isinstance(section, type) and issubclass(section, BaseModel):
-            values = {
-                key: _env_value(raw)
-                for key in section.model_fields
-                if (raw := environ.get(f"{ENV_PREFIX}{name}_{key}".upper())) is not None
-            }
-            if values:
-                layer[name] = values
-        elif (raw := environ.get(f"{ENV_PREFIX}{name}".upper())) is not None:
-            layer[name] = _env_value(raw)
+    for var, path in env_names().items():
+        if (raw := environ.get(var)) is not None:
+            *sections, key = path
+            node = layer
+            for s in sections:
+                node = node.setdefault(s, {})
+            node[key] = _env_value(raw)
     return layer
 
 
@@ -161,7 +169,9 @@ def _config_error(exc: ValidationError, layers: Mapping[str, Layer]) -> ConfigEr
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
     key = ".".join(loc)
-    origin = next((name for name, layer in reversed(list(layers.items())) if _has(layer, loc)), None)
+    origin = next(
+        (name for name, layer in reversed(list(layers.items())) if _has(layer, loc)), None
+    )
     where = f"{origin}: " if origin else ""
     if err["type"] == "extra_forbidden":
         return ConfigError(

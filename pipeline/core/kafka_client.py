@@ -153,7 +153,7 @@ def ensure_topic(
                 f"Kafka at {kafka.bootstrap}: cannot create topic {topic!r} ({exc}): "
                 "create it by hand or grant the client CreateTopics"
             ) from exc
-        return _partition_count(admin, topic, timeout_s)
+        return _wait_for_partitions(admin, topic, timeout_s)
     finally:
         admin.close()
 
@@ -167,7 +167,7 @@ def partition_count(kafka: KafkaSettings, topic: str) -> int:
         consumer.close()
 
 
-def _partition_count(admin: Any, topic: str, timeout_s: float) -> int:
+def _wait_for_partitions(admin: Any, topic: str, timeout_s: float) -> int:
     deadline = time.monotonic() + timeout_s
     while True:
         described = admin.describe_topics([topic])
