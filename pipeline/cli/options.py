@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Assignor, DropPolicy, WorkerSettings
-from pipeline.core.config_load import load_settings
+from pipeline.core.config_load import env_var, load_settings
 from pipeline.core.errors import ConfigError
 
 #: Namespace attributes that hold settings fields start with this.
@@ -79,13 +79,14 @@ SOURCE = (
 SINKS = (
     Opt("--sink", "sinks.specs", "jsonl:PATH, stdout, kafka or redis; repeatable.", append=True),
 )
+BOOTSTRAP = Opt("--kafka", "kafka.bootstrap", "Kafka bootstrap HOST:PORT[,...].")
 KAFKA = (
-    Opt("--kafka", "kafka.bootstrap", "Kafka bootstrap HOST:PORT[,...] (env ES_KAFKA_BOOTSTRAP)."),
+    BOOTSTRAP,
     Opt("--topic", "kafka.topic", "Kafka events topic (default: emotion-events)."),
     Opt("--partitions", "kafka.partitions", "Partitions if the events topic is created.", int),
 )
 CONTROL = (
-    Opt("--kafka", "kafka.bootstrap", "Kafka bootstrap HOST:PORT[,...] (env ES_KAFKA_BOOTSTRAP)."),
+    BOOTSTRAP,
     Opt(
         "--control-topic",
         "kafka.control_topic",
@@ -99,7 +100,7 @@ CONTROL = (
     ),
 )
 REDIS = (
-    Opt("--redis", "redis.url", "Redis URL, e.g. redis://127.0.0.1:6379/0 (env ES_REDIS_URL)."),
+    Opt("--redis", "redis.url", "Redis URL, e.g. redis://127.0.0.1:6379/0."),
     Opt("--prefix", "redis.key_prefix", "Redis key prefix (default: es)."),
 )
 GROUP = (
@@ -136,7 +137,9 @@ def add_options(p: argparse.ArgumentParser, *groups: Iterable[Opt]) -> None:
         if opt.flag in seen:
             continue
         seen.add(opt.flag)
-        help_text = f"{opt.help} [{opt.field}]" if opt.field else opt.help
+        help_text = (
+            f"{opt.help} [{opt.field}; {env_var(*opt.field.split('.'))}]" if opt.field else opt.help
+        )
         kw: dict[str, Any] = {"dest": opt.dest, "default": argparse.SUPPRESS, "help": help_text}
         if opt.const is not None:
             kw.update(action="store_const", const=opt.const)

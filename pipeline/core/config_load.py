@@ -82,6 +82,11 @@ def _drop_masked(data: dict[str, Any]) -> Layer:
     return out
 
 
+def env_var(*path: str) -> str:
+    """The variable of a settings path: ``("batch", "max_batch")`` is ``ES_BATCH_MAX_BATCH``."""
+    return (ENV_PREFIX + "_".join(path)).upper()
+
+
 def env_names() -> dict[str, tuple[str, ...]]:
     """Every ``ES_*`` variable the settings read, with the settings path it sets."""
     names: dict[str, tuple[str, ...]] = {}
@@ -89,9 +94,9 @@ def env_names() -> dict[str, tuple[str, ...]]:
         section = field.annotation
         if isinstance(section, type) and issubclass(section, BaseModel):
             for key in section.model_fields:
-                names[f"{ENV_PREFIX}{name}_{key}".upper()] = (name, key)
+                names[env_var(name, key)] = (name, key)
         else:
-            names[f"{ENV_PREFIX}{name}".upper()] = (name,)
+            names[env_var(name)] = (name,)
     return names
 
 
