@@ -18,7 +18,7 @@ from pipeline.cli.main import build_parser, main
 from pipeline.cli.options import flag_layer, settings_from_args
 from pipeline.cli.run import sink_specs
 from pipeline.core.config import WorkerSettings
-from pipeline.core.config_load import MASK, load_settings, read_config_file
+from pipeline.core.config_load import MASK, load_settings
 from pipeline.core.errors import ConfigError
 from pipeline.runtime.worker import with_models_dir
 
@@ -184,17 +184,18 @@ def test_config_bad_value_names_where_it_came_from(monkeypatch: pytest.MonkeyPat
         ("w.ini", "x=1", "name it"),
         ("w.yaml", "batch: [1, 2\n", "not valid yaml"),
         ("w.json", "[1, 2]", "mapping"),
+        ("w.toml", 'detector = "x"', "invalid setting detector"),
         ("missing.json", None, "cannot read"),
     ],
 )
-def test_read_config_file_bad_file_is_config_error(
+def test_load_settings_bad_file_is_config_error(
     tmp_path: Path, name: str, text: str | None, match: str
 ) -> None:
     cfg = tmp_path / name
     if text is not None:
         cfg.write_text(text)
     with pytest.raises(ConfigError, match=match):
-        read_config_file(cfg)
+        load_settings(cfg)
 
 
 def test_env_layer_parses_json_lists(monkeypatch: pytest.MonkeyPatch) -> None:

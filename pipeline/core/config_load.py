@@ -162,8 +162,11 @@ def load_settings(
 
 def _with_default_emotion_model(merged: Layer) -> Layer:
     """The default emotion model lives in the detector's model folder unless named."""
-    model_dir = merged.get("detector", {}).get("model_dir")
-    if model_dir is not None and "model" not in merged.get("emotion", {}):
+    detector, emotion = merged.get("detector"), merged.get("emotion", {})
+    if not isinstance(detector, dict) or not isinstance(emotion, dict):
+        return merged  # validation names the section that is not a mapping
+    model_dir = detector.get("model_dir")
+    if model_dir is not None and "model" not in emotion:
         model = Path(model_dir) / DEFAULT_EMOTION_MODEL.name
         return merge(merged, {"emotion": {"model": model}})
     return merged
