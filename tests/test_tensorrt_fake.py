@@ -5,10 +5,9 @@ against the fake ``tensorrt`` module (tests/fakes/tensorrt.py) and the fake ``py
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 import sys
 import threading
-import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 
 from engines import cache as plan_cache
 from pipeline.core.errors import ConfigError, MissingDependencyError, ModelError
+from tests.fakes import install_gpu_fakes
 from tests.fakes import pycuda_driver as fake_cuda
 from tests.fakes import tensorrt as fake_trt
 
@@ -29,13 +29,7 @@ GPU = plan_cache.GpuIdentity("Fake GPU 9000", "8.9")
 
 @pytest.fixture
 def trt(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    fake_trt.reset()
-    fake_cuda.reset()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)
-    package = types.ModuleType("pycuda")
-    package.driver = fake_cuda  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "pycuda", package)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", fake_cuda)
+    install_gpu_fakes(monkeypatch)
     monkeypatch.setattr(plan_cache, "gpu_identity", lambda index=0: GPU)
     yield fake_trt
     assert not fake_cuda.PROBLEMS, fake_cuda.PROBLEMS
