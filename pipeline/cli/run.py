@@ -13,7 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import KafkaSettings, RedisSettings, WorkerSettings
+from pipeline.core.config import (
+    DecodeMode,
+    DetectorBackend,
+    KafkaSettings,
+    RedisSettings,
+    WorkerSettings,
+)
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -49,6 +55,21 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         "--stream-id", action="append", default=[], help="Stream id per source, in order."
     )
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
+    add_gpu_options(p)
+
+
+def add_gpu_options(p: argparse.ArgumentParser) -> None:
+    """GPU choices shared by ``run``, ``bench`` and ``worker`` (see ``emotion-stream doctor``)."""
+    p.add_argument(
+        "--decode",
+        choices=[m.value for m in DecodeMode],
+        help="Video decode: auto (NVDEC when usable, else CPU; default), cpu, nvdec.",
+    )
+    p.add_argument(
+        "--detector-backend",
+        choices=[b.value for b in DetectorBackend],
+        help="Face detector runtime: auto (TensorRT plan when usable; default), tensorrt, onnxruntime.",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -118,6 +139,10 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
         if args.emotion_model is not None:
             emotion = emotion.model_copy(update={"model": args.emotion_model})
         detector = s.detector.model_copy(update={"model_file": args.detector})
+        if getattr(args, "decode", None):
+            source = source.model_copy(update={"decode": args.decode})
+        if getattr(args, "detector_backend", None):
+            detector = detector.model_copy(update={"backend": args.detector_backend})
         batch = s.batch.model_copy(
             update={
                 "max_batch": args.max_batch,
