@@ -16,11 +16,13 @@ TensorRT and ONNX Runtime, use too: buffers from pycuda and TensorRT's own alloc
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pipeline.core.errors import MissingDependencyError
@@ -105,3 +107,58 @@ class CudaOwner:
             self._cuda.Context.pop()
             self.context.detach()
             logger.debug("%s: CUDA context popped and released", self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class CudaDevice:
+    index: int
+    name: str
+    compute_capability: str
+    memory_mib: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriverProbe:
+    """What the NVIDIA driver (``libcuda``) says, read through ctypes: no torch, no pycuda."""
+
+    ok: bool
+    reason: str
+    driver_cuda_version: str | None = None
+    devices: tuple[CudaDevice, ...] = ()
+
+
+@functools.cache
+def probe_driver() -> DriverProbe:
+    """Ask ``libcuda.so.1`` for the driver's CUDA version and the visible devices."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return DriverProbe(False, "libcuda.so.1 is not loadable: no NVIDIA driver on this machine")
+    rc = lib.cuInit(0)
+    version = ctypes.c_int(0)
+    lib.cuDriverGetVersion(ctypes.byref(version))
+    cuda_version = (
+        f"{version.value // 1000}.{version.value % 1000 // 10}" if version.value else None
+    )
+    if rc != 0:
+        why = {100: "no CUDA-capable device is visible"}.get(rc, f"CUDA error {rc}")
+        return DriverProbe(False, f"cuInit failed: {why}", cuda_version)
+    count = ctypes.c_int(0)
+    lib.cuDeviceGetCount(ctypes.byref(count))
+    devices = []
+    for i in range(count.value):
+        dev, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+        mem, name = ctypes.c_size_t(0), ctypes.create_string_buffer(256)
+        lib.cuDeviceGet(ctypes.byref(dev), i)
+        lib.cuDeviceGetName(name, 256, dev)
+        lib.cuDeviceTotalMem_v2(ctypes.byref(mem), dev)
+        lib.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # COMPUTE_CAPABILITY_MAJOR
+        lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # COMPUTE_CAPABILITY_MINOR
+        devices.append(
+            CudaDevice(i, name.value.decode(), f"{major.value}.{minor.value}", mem.value >> 20)
+        )
+    if not devices:
+        return DriverProbe(False, "the driver sees no CUDA device", cuda_version)
+    return DriverProbe(True, f"{len(devices)} CUDA device(s)", cuda_version, tuple(devices))

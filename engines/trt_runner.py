@@ -40,7 +40,10 @@ class Binding:
 
 
 def numpy_dtype(trt: Any, dt: Any, plan: Path) -> np.dtype[Any]:
-    table = {trt.DataType.FLOAT: np.dtype(np.float32), trt.DataType.HALF: np.dtype(np.float16)}
+    table: dict[Any, np.dtype[Any]] = {
+        trt.DataType.FLOAT: np.dtype(np.float32),
+        trt.DataType.HALF: np.dtype(np.float16),
+    }
     if dt not in table:
         raise ModelError(
             f"{plan}: TensorRT tensor type {dt} is not supported here: build it with fp32 I/O (`emotion-stream engines build`)"

@@ -66,8 +66,8 @@ def nvdec_status() -> tuple[bool, str]:
     try:
         clip = _probe_clip()
         accel = HWAccel(device_type="cuda", allow_software_fallback=False)
-        with av.open(io.BytesIO(clip), hwaccel=accel) as probe:
-            frames = sum(1 for _ in probe.decode(video=0))
+        with av.open(io.BytesIO(clip), mode="r", hwaccel=accel) as probe:
+            frames = len(list(probe.decode(video=0)))
     except Exception as exc:
         return False, f"the CUDA device cannot be opened for decoding ({type(exc).__name__}: {exc})"
     if frames == 0:

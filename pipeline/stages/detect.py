@@ -184,7 +184,7 @@ def _use_tensorrt_if_chosen(model: Any, path: Path, settings: DetectorSettings) 
     name, why = detector_backend(settings.backend.value)
     logger.info("face detector backend: %s (%s)", name, why)
     if name == "tensorrt":
-        attach_tensorrt(model, path, tuple(settings.input_size), precision=settings.precision)
+        attach_tensorrt(model, path, settings.input_size, precision=settings.precision)
     return name
 
 
