@@ -181,7 +181,7 @@ def _use_tensorrt_if_chosen(model: Any, path: Path, settings: DetectorSettings) 
     """Hook: run the detector as a TensorRT plan (``engines.detector_trt``) when chosen."""
     from engines.detector_trt import attach_tensorrt, detector_backend
 
-    name, why = detector_backend(settings.backend.value)
+    name, why = detector_backend(str(settings.backend))
     logger.info("face detector backend: %s (%s)", name, why)
     if name == "tensorrt":
         attach_tensorrt(model, path, settings.input_size, precision=settings.precision)
