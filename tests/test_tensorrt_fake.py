@@ -25,6 +25,7 @@ pytest.importorskip("onnx")
 from tests.test_engines import SPEC, export_onnx, tiny_net
 
 GPU = plan_cache.GpuIdentity("Fake GPU 9000", "8.9")
+GPU_IDENTITY = plan_cache.gpu_identity  # the real function, before fixtures replace it
 
 
 @pytest.fixture
@@ -387,3 +388,24 @@ def test_trt_backend_without_pycuda_is_missing_dependency(
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     with pytest.raises(MissingDependencyError, match="pycuda"):
         TensorRTEngine(onnx_model)
+
+
+def test_gpu_identity_comes_from_pycuda_without_torch(trt: object) -> None:
+    got = GPU_IDENTITY()
+    assert got == plan_cache.GpuIdentity(fake_cuda.DEVICE_NAME, "8.9")
+    assert any(c[0] == "init" for c in fake_cuda.CALLS)
+
+
+def test_registry_tensorrt_needs_pycuda(
+    trt: object, onnx_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engines import registry
+
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    assert registry.availability("tensorrt").available
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    a = registry.availability("tensorrt")
+    assert not a.available and a.reason.startswith("pycuda.driver does not import")
+    with pytest.raises(MissingDependencyError, match=r"'pycuda'.*CUDA headers"):
+        registry.resolve_backend(onnx_model, "tensorrt")
+    assert registry.resolve_backend(onnx_model, "auto")[0] != "tensorrt"
