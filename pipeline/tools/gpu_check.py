@@ -32,7 +32,7 @@ def real_frames(clip: Path, every: int = 10, limit: int = 16) -> list[npt.NDArra
     with av.open(str(clip)) as c:
         for i, f in enumerate(c.decode(video=0)):
             if i % every == 0:
-                out.append(f.to_ndarray(format="bgr24"))
+                out.append(np.asarray(f.to_ndarray(format="bgr24"), np.uint8))
             if len(out) >= limit:
                 break
     return out
