@@ -17,7 +17,8 @@
 #      (`emotion-stream bench --streams N --realtime`) with p99 capture-to-publish < 150 ms.
 #
 # Environment: ES_GPU_CHECK_BUDGET_S (600), ES_GPU_CHECK_P99_MS (150), ES_GPU_CHECK_MAX_STREAMS
-# (256), ES_GPU_CHECK_FRAMES (150 frames per stream per trial), ES_MODELS (models), PYTHON
+# (256), ES_GPU_CHECK_FRAMES (150 frames per stream per trial), ES_GPU_CHECK_STREAM_S (240 s of
+# the budget kept for the stream bisection), ES_MODELS (models), PYTHON
 # (python3), ES_BIN (emotion-stream). ES_GPU_CHECK_FORCE=1 runs every step even without a GPU
 # (to test the script itself on a CPU machine; such figures are labelled and mean nothing).
 set -uo pipefail
@@ -28,6 +29,7 @@ BUDGET=${ES_GPU_CHECK_BUDGET_S:-600}
 P99_MS=${ES_GPU_CHECK_P99_MS:-150}
 MAX_STREAMS=${ES_GPU_CHECK_MAX_STREAMS:-256}
 FRAMES=${ES_GPU_CHECK_FRAMES:-150}
+STREAM_S=${ES_GPU_CHECK_STREAM_S:-240}
 MODELS=${ES_MODELS:-models}
 PY=${PYTHON:-python3}
 ES=${ES_BIN:-emotion-stream}
@@ -40,11 +42,13 @@ export ES_ENGINE_CACHE="$OUT/engines"
 
 left() { echo $((BUDGET - (SECONDS - START))); }
 
-# run NAME CMD...: stdout -> OUT/NAME.json, stderr -> OUT/NAME.log, bounded by the budget left.
+# [CAP=S] [RESERVE=S] run NAME CMD...: stdout -> OUT/NAME.json, stderr -> OUT/NAME.log, bounded
+# by the budget left minus RESERVE (kept for the stream bisection) and by CAP.
 run() {
   local name=$1 t0=$SECONDS rc limit
   shift
-  limit=$(left)
+  limit=$(($(left) - ${RESERVE:-0}))
+  if [ -n "${CAP:-}" ] && ((CAP < limit)); then limit=$CAP; fi
   if ((limit < 15)); then
     printf '%s\tskipped\t0\n' "$name" >>"$OUT/steps.tsv"
     return 124
@@ -151,7 +155,7 @@ echo "gpu-check: $NGPU GPU(s), measuring the $PATHKIND path" >&2
 # ---------------------------------------------------------------- 2. models and media
 [ -f "$EMO" ] || run models "$ES" models bootstrap --dir "$MODELS"
 run sample "$ES" sample --out "$OUT/sample.mp4"
-run clip1080 "$PY" -m pipeline.tools.gpu_check clip --out "$OUT/clip1080.mp4" --seconds 6
+CAP=120 run clip1080 "$PY" -m pipeline.tools.gpu_check clip --out "$OUT/clip1080.mp4" --seconds 6
 run calib-frames "$PY" -m pipeline.tools.gpu_check calib-frames --clip "$OUT/sample.mp4" --out "$OUT/detector-calib.npy"
 
 # ---------------------------------------------------------------- 3. engines, parity
@@ -162,20 +166,20 @@ for p in $PRECISIONS; do
     calib=(--calib "$OUT/sample.mp4")
     dcalib=(--calib "$OUT/detector-calib.npy")
   fi
-  run "build-emotion-$p" "$ES" engines build "$EMO" --precision "$p" --max-batch 64 "${calib[@]}"
-  run "detector-$p" "$PY" -m pipeline.tools.gpu_check detector --models "$MODELS" \
+  CAP=150 RESERVE=$STREAM_S run "build-emotion-$p" "$ES" engines build "$EMO" --precision "$p" --max-batch 64 "${calib[@]}"
+  CAP=150 RESERVE=$STREAM_S run "detector-$p" "$PY" -m pipeline.tools.gpu_check detector --models "$MODELS" \
     --clip "$OUT/sample.mp4" --backend tensorrt --precision "$p" "${dcalib[@]}"
 done
 if [ "$TRT" = True ]; then
-  run parity-emotion "$ES" engines parity "$EMO" --crops "$OUT/sample.mp4" --int8-calib "$OUT/sample.mp4" --json
-  run bench-emotion "$ES" engines bench "$EMO" --backend tensorrt --precision fp32,fp16,int8 \
-    --batch-sizes 1,8,32,64 --json
+  CAP=120 RESERVE=$STREAM_S run parity-emotion "$ES" engines parity "$EMO" --crops "$OUT/sample.mp4" --int8-calib "$OUT/sample.mp4" --json
+  CAP=120 RESERVE=$STREAM_S run bench-emotion "$ES" engines bench "$EMO" --backend tensorrt --precision fp32,fp16,int8 \
+    --batch-sizes 1,8,32,64 --iters 20 --json
 else
-  run detector-ort-cuda "$PY" -m pipeline.tools.gpu_check detector --models "$MODELS" \
+  CAP=150 RESERVE=$STREAM_S run detector-ort-cuda "$PY" -m pipeline.tools.gpu_check detector --models "$MODELS" \
     --clip "$OUT/sample.mp4" --backend onnxruntime
-  run parity-emotion "$ES" engines parity "$EMO" --crops "$OUT/sample.mp4" --json
-  run bench-emotion "$ES" engines bench "$EMO" --backend all --precision fp32,fp16 \
-    --batch-sizes 1,8,32,64 --device cuda --json
+  CAP=120 RESERVE=$STREAM_S run parity-emotion "$ES" engines parity "$EMO" --crops "$OUT/sample.mp4" --json
+  CAP=120 RESERVE=$STREAM_S run bench-emotion "$ES" engines bench "$EMO" --backend all --precision fp32,fp16 \
+    --batch-sizes 1,8,32,64 --iters 20 --device cuda --json
 fi
 
 # ---------------------------------------------------------------- 4. streams per GPU
