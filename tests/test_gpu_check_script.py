@@ -53,3 +53,26 @@ def test_gpu_check_without_gpu_reports_no_gpu_and_exits_0(tmp_path: Path) -> Non
     assert rep["note"].startswith("no GPU here (") and rep["gpus"] == []
     assert rep["backends"]["tensorrt"]["usable"] is False
     assert rep["streams_1080p30"]["trials"] == [] and rep["streams_1080p30"]["goal"] == 64
+
+
+def test_gpu_check_letterbox_matches_scrfd_input_layout() -> None:
+    import numpy as np
+
+    from pipeline.tools.gpu_check import letterbox_rgb
+
+    img = np.zeros((540, 960, 3), np.uint8)
+    img[..., 0] = 255  # blue in BGR
+    out = letterbox_rgb(img, (640, 640))
+    assert out.shape == (640, 640, 3)
+    assert out[:360, :, 2].min() == 255 and out[:360, :, 0].max() == 0  # RGB, top-left
+    assert out[360:].max() == 0  # zero padding below
+
+
+def test_gpu_check_iou_matrix() -> None:
+    import numpy as np
+
+    from pipeline.tools.gpu_check import iou_matrix
+
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], np.float32)
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0]], rtol=1e-6)
