@@ -205,3 +205,50 @@ def test_resolve_providers_skips_tensorrt_ep_without_tensorrt(
     assert resolve_providers(()) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object())
     assert resolve_providers(())[0] == "TensorrtExecutionProvider"
+
+
+def test_cli_engines_build_detector_plan(
+    fakes: None,
+    fixed_onnx: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    from engines import registry
+    from pipeline.cli.main import main
+
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    frames = np.zeros((3, 320, 320, 3), np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    argv = ["engines", "build", str(fixed_onnx), "--detector", "--input-size", "320x320"]
+    argv += [
+        "--precision",
+        "int8",
+        "--calib",
+        str(tmp_path / "frames.npy"),
+        "--cache",
+        str(tmp_path / "c"),
+    ]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["built"] and Path(out["plan"]).is_file()
+    (b,) = builds()
+    assert [tuple(s) for s in b["profile"]] == [(1, 3, 320, 320)] * 3
+    assert b["flags"] == ["FP16", "INT8"] and b["calib_batches"] == 3
+
+
+def test_cli_engines_build_detector_bad_size_is_one_line(
+    fakes: None,
+    fixed_onnx: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from engines import registry
+    from pipeline.cli.main import main
+
+    monkeypatch.setattr(registry, "cuda_available", lambda: True)
+    assert main(["engines", "build", str(fixed_onnx), "--detector", "--input-size", "big"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --input-size 'big'") and "\n" not in err
