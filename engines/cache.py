@@ -45,7 +45,18 @@ class GpuIdentity:
 
 
 def gpu_identity(device_index: int = 0) -> GpuIdentity:
-    """Name and compute capability of a CUDA device, through torch."""
+    """Name and compute capability of a CUDA device: pycuda (the GPU image), else torch."""
+    from engines.cuda import import_pycuda
+    from pipeline.core.errors import MissingDependencyError
+
+    try:
+        cuda = import_pycuda()
+    except MissingDependencyError:
+        cuda = None
+    if cuda is not None:
+        dev = cuda.Device(device_index)
+        cc_major, cc_minor = dev.compute_capability()
+        return GpuIdentity(str(dev.name()), f"{cc_major}.{cc_minor}")
     import torch
 
     major, minor = torch.cuda.get_device_capability(device_index)
@@ -63,6 +74,8 @@ class PlanKey:
     precision: str
     max_batch: int
     opt_batch: int
+    kind: str = "emotion"  # emotion | detector: each has its own profile and cache entry
+    input_hw: str = ""  # detector input "HxW" when the ONNX leaves it dynamic
 
     def digest(self) -> str:
         raw = json.dumps(asdict(self), sort_keys=True).encode()

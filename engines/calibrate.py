@@ -5,7 +5,7 @@ Crops come from a ``.npy`` file holding uint8 (n, H, W) aligned gray crops, a di
 images (png/jpg/bmp/webp) that are aligned face crops (read as gray, resized to the model's
 input), or a video file whose faces are detected and aligned by the worker's own detector and
 ``pipeline.stages.align`` (``pipeline.tools.calibration``, so calibration and parity see exactly what the worker feeds the engine). The calibrator normalises them with the model's ``InputSpec`` and hands
-TensorRT one device buffer per batch (a torch CUDA tensor; no pycuda). The calibration table is
+TensorRT one pycuda device buffer per batch (no torch). The calibration table is
 cached beside the plans so a rebuild does not recalibrate.
 """
 
@@ -61,9 +61,9 @@ def load_crops(
         return video_crops(source, spec, limit)
     if source.is_file() and source.suffix == ".npy":
         arr = np.load(source)
-        if arr.dtype != np.uint8 or arr.ndim != 3:
+        if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
             raise ConfigError(
-                f"calibration crops {source} must be uint8 (n, H, W), got {arr.dtype} {arr.shape}: re-save them"
+                f"calibration crops {source} must be uint8 (n, H, W) or (n, H, W, C), got {arr.dtype} {arr.shape}: re-save them"
             )
         return np.stack([resize_crop(a, spec) for a in arr[:limit]])
     if not source.is_dir():
@@ -112,19 +112,27 @@ def make_calibrator(
     spec: InputSpec,
     batch_size: int,
     cache_file: Path | None,
-    device: str = "cuda",
+    device_index: int = 0,
 ) -> Any:
-    """An ``trt.IInt8EntropyCalibrator2`` over ``crops`` (built lazily: tensorrt is optional)."""
-    import torch
+    """An ``trt.IInt8EntropyCalibrator2`` over ``crops`` (built lazily: tensorrt is optional).
 
+    Its one device buffer is a pycuda allocation in the device's primary context (the one
+    TensorRT uses); ``get_batch`` runs on the builder's thread, so the context is pushed
+    around each copy and popped again.
+    """
+    from engines.cuda import import_pycuda, primary_context, pushed
+
+    cuda = import_pycuda()
     batches = calibration_batches(crops, spec, batch_size)
-    shape = (batch_size, spec.channels, spec.height, spec.width)
+    nbytes = batch_size * spec.channels * spec.height * spec.width * 4
+    ctx = primary_context(cuda, device_index)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc,name-defined]
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.index = 0
-            self.buffer = torch.empty(shape, dtype=torch.float32, device=device)
+            with pushed(cuda, ctx):
+                self.buffer = cuda.mem_alloc(nbytes)
 
         def get_batch_size(self) -> int:
             return batch_size
@@ -132,11 +140,12 @@ def make_calibrator(
         def get_batch(self, names: list[str]) -> list[int] | None:
             if self.index >= len(batches):
                 return None
-            self.buffer.copy_(torch.from_numpy(batches[self.index]))
+            with pushed(cuda, ctx):
+                cuda.memcpy_htod(self.buffer, batches[self.index])
             self.index += 1
             if self.index % 10 == 0 or self.index == len(batches):
                 logger.info("calibration batch %d/%d", self.index, len(batches))
-            return [int(self.buffer.data_ptr())] * len(names)
+            return [int(self.buffer)] * len(names)
 
         def read_calibration_cache(self) -> bytes | None:
             if cache_file is not None and cache_file.is_file():
@@ -149,5 +158,10 @@ def make_calibrator(
                 from engines.cache import atomic_write
 
                 atomic_write(cache_file, bytes(cache))
+
+        def free(self) -> None:
+            with pushed(cuda, ctx):
+                self.buffer.free()
+            ctx.detach()
 
     return EntropyCalibrator()

@@ -60,15 +60,10 @@ class Availability:
 
 
 def cuda_available() -> bool:
-    """True when torch sees a CUDA device (torch is how every GPU backend here reaches CUDA)."""
-    if importlib.util.find_spec("torch") is None:
-        return False
-    try:
-        import torch
+    """True when the NVIDIA driver sees a CUDA device (``libcuda`` through ctypes: no torch import)."""
+    from engines.cuda import probe_driver
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    return probe_driver().ok
 
 
 def _importable(package: str) -> tuple[bool, str]:
@@ -92,6 +87,12 @@ def availability(backend: str) -> Availability:
     ok, why = _importable(package)
     if not ok:
         return Availability(backend, False, f"{why}; {install}")
+    if backend == "tensorrt":  # the backend's buffers and streams are pycuda's
+        from engines.cuda import PYCUDA_INSTALL
+
+        ok, why = _importable("pycuda.driver")
+        if not ok:
+            return Availability(backend, False, f"{why}; {PYCUDA_INSTALL}")
     if backend == "tensorrt" and not cuda_available():
         return Availability(backend, False, "tensorrt imports but no CUDA device is visible")
     if backend == "onnxruntime":
@@ -122,7 +123,9 @@ def resolve_backend(model: Path, backend: str = "auto") -> tuple[str, str]:
         a = availability(backend)
         if not a.available:
             package, install = REQUIREMENTS[backend]
-            if backend == "tensorrt" and a.reason.startswith("tensorrt imports"):
+            if backend == "tensorrt" and a.reason.startswith("pycuda"):
+                package, install = "pycuda", a.reason.split("; ", 1)[1]
+            elif backend == "tensorrt" and a.reason.startswith("tensorrt imports"):
                 raise ConfigError(
                     f"tensorrt backend for {model} needs a CUDA GPU and none is visible: use --backend onnxruntime"
                 )

@@ -8,6 +8,7 @@ builds. Progress (builder phases) and the build time are logged.
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -28,6 +29,17 @@ TRT_INSTALL = (
     "TensorRT's libraries are not on the package registries: run the GPU image of deploy/ "
     "(NVIDIA TensorRT base image) or `pip install tensorrt --extra-index-url https://pypi.nvidia.com` on a CUDA machine"
 )
+
+
+class PlanKind(enum.StrEnum):
+    """What a plan is for; it decides where the input layout comes from."""
+
+    EMOTION = "emotion"
+    DETECTOR = "detector"
+
+
+#: InsightFace's SCRFD input: RGB, (x - 127.5) / 128 (as an InputSpec: (x/255 - 0.5) / (128/255)).
+DETECTOR_MEAN, DETECTOR_STD = 0.5, 128.0 / 255.0
 
 
 class BuildSettings(BaseModel):
@@ -55,9 +67,13 @@ class BuildSettings(BaseModel):
         True, description="Reuse and update the builder timing cache in the cache folder."
     )
     device_index: int = Field(0, ge=0, description="CUDA device the plan is built for.")
-    calib_device: str | None = Field(
+    kind: PlanKind = Field(
+        PlanKind.EMOTION,
+        description="emotion: input spec from the model's metadata; detector: SCRFD-format ONNX (9 outputs).",
+    )
+    input_hw: tuple[int, int] | None = Field(
         None,
-        description="Device of the calibration buffer; None: cuda:<device_index> ('cpu' only with a fake tensorrt in tests).",
+        description="detector: input (height, width) when the ONNX leaves them dynamic; None keeps the model's.",
     )
     rebuild: bool = Field(False, description="Build even when a matching plan is cached.")
 
@@ -80,10 +96,65 @@ def trt_logger(trt: Any) -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
-def profile_shapes(spec: InputSpec, settings: BuildSettings) -> tuple[tuple[int, ...], ...]:
-    """(min, opt, max) input shapes of the one optimisation profile."""
+def onnx_input_dims(onnx_path: Path) -> list[int | None]:
+    """The first graph input's dimensions (None where dynamic), read with the ``onnx`` package."""
+    import onnx
+
+    try:
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise ModelError(f"{onnx_path} is not a readable ONNX model ({exc}): replace it") from exc
+    init = {t.name for t in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in init]
+    if not inputs:
+        raise ModelError(f"{onnx_path} has no graph input: re-export it")
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in inputs[0].type.tensor_type.shape.dim
+    ]
+
+
+def input_layout(onnx_path: Path, settings: BuildSettings) -> tuple[InputSpec, int | None]:
+    """The input spec of the plan and the ONNX's fixed batch size (None: dynamic batch axis)."""
+    dims = onnx_input_dims(onnx_path)
+    if len(dims) != 4:
+        raise ModelError(f"{onnx_path} input has {len(dims)} axes, not NCHW: re-export it")
+    fixed_batch = dims[0]
+    if settings.kind is PlanKind.EMOTION:
+        return onnx_spec(onnx_path), fixed_batch
+    c, h, w = dims[1] or 3, dims[2], dims[3]
+    want = settings.input_hw
+    if want is not None and None not in (h, w) and (h, w) != tuple(want):
+        raise ConfigError(
+            f"detector {onnx_path} has a fixed {w}x{h} input, not {want[1]}x{want[0]}: set detector input_size to {w}x{h}"
+        )
+    if h is None or w is None:
+        if want is None:
+            raise ConfigError(
+                f"detector {onnx_path} has a dynamic input size: pass the detector input_size"
+            )
+        h, w = want
+    spec = InputSpec(c, h, w, DETECTOR_MEAN, DETECTOR_STD, classes=(), softmax_in_model=False)
+    return spec, fixed_batch
+
+
+def profile_shapes(
+    spec: InputSpec, settings: BuildSettings, fixed_batch: int | None = None
+) -> tuple[tuple[int, ...], ...]:
+    """(min, opt, max) input shapes of the one optimisation profile (a fixed batch: all equal)."""
     chw = (spec.channels, spec.height, spec.width)
+    if fixed_batch is not None:
+        return (fixed_batch, *chw), (fixed_batch, *chw), (fixed_batch, *chw)
     return (1, *chw), (settings.opt(), *chw), (settings.max_batch, *chw)
+
+
+def effective_settings(onnx_path: Path, settings: BuildSettings) -> BuildSettings:
+    """``settings`` with the batch pinned to the ONNX's fixed batch axis, if it has one."""
+    _spec, fixed = input_layout(onnx_path, settings)
+    if fixed is None or (settings.max_batch == fixed and settings.opt() == fixed):
+        return settings
+    logger.info("%s has a fixed batch of %d: building for batch %d", onnx_path, fixed, fixed)
+    return settings.model_copy(update={"max_batch": fixed, "opt_batch": fixed})
 
 
 def plan_key(
@@ -97,6 +168,8 @@ def plan_key(
         precision=check_precision(settings.precision),
         max_batch=settings.max_batch,
         opt_batch=settings.opt(),
+        kind=settings.kind.value,
+        input_hw="" if settings.input_hw is None else "x".join(map(str, settings.input_hw)),
     )
 
 
@@ -148,12 +221,19 @@ def _configure(
 ) -> tuple[Any, Any]:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
-    profile = builder.create_optimization_profile()
-    lo, opt, hi = profile_shapes(spec, settings)
     name = network.get_input(0).name
-    profile.set_shape(name, lo, opt, hi)
-    config.add_optimization_profile(profile)
-    logger.info("profile %s: min %s opt %s max %s", name, lo, opt, hi)
+    profile = None
+    if any(int(d) < 0 for d in network.get_input(0).shape):  # a dynamic axis needs a profile
+        profile = builder.create_optimization_profile()
+        batch = int(network.get_input(0).shape[0])
+        lo, opt, hi = profile_shapes(spec, settings, batch if batch > 0 else None)
+        profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+        logger.info("profile %s: min %s opt %s max %s", name, lo, opt, hi)
+    else:
+        logger.info(
+            "input %s is static %s: no optimisation profile", name, network.get_input(0).shape
+        )
     precision = check_precision(settings.precision)
     if precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
@@ -173,9 +253,10 @@ def _configure(
             spec,
             min(settings.max_batch, 32),
             table,
-            settings.calib_device or f"cuda:{settings.device_index}",
+            settings.device_index,
         )
-        config.set_calibration_profile(profile)
+        if profile is not None:
+            config.set_calibration_profile(profile)
     timing = None
     if settings.timing_cache:
         raw = cache.timing_cache.read_bytes() if cache.timing_cache.is_file() else b""
@@ -192,8 +273,8 @@ def build_plan(
 ) -> tuple[bytes, dict[str, Any]]:
     """Build a serialized plan from ``onnx_path``; returns (plan bytes, metadata)."""
     trt = trt or import_trt()
-    onnx_path = require_file(Path(onnx_path), (".onnx",), "emotion")
-    spec = onnx_spec(onnx_path)
+    onnx_path = require_file(Path(onnx_path), (".onnx",), settings.kind.value)
+    spec, _fixed = input_layout(onnx_path, settings)
     cache = plan_cache.PlanCache(settings.cache_dir)
     log = trt_logger(trt)
     t0 = time.monotonic()
@@ -207,7 +288,12 @@ def build_plan(
     builder = trt.Builder(log)
     network, _parser = _parse(trt, builder, onnx_path, log)
     config, _monitor = _configure(trt, builder, network, spec, settings, cache, onnx_path)
-    plan = builder.build_serialized_network(network, config)
+    try:
+        plan = builder.build_serialized_network(network, config)
+    finally:
+        calibrator = getattr(config, "int8_calibrator", None)
+        if calibrator is not None and hasattr(calibrator, "free"):
+            calibrator.free()
     if plan is None:
         raise ModelError(
             f"TensorRT failed to build a plan from {onnx_path}: run with -vv for the builder log"
@@ -222,6 +308,8 @@ def build_plan(
         "normalisation": {"mean": spec.mean, "std": spec.std, "formula": "(x/255 - mean) / std"},
         "input_name": network.get_input(0).name,
         "output_name": network.get_output(0).name,
+        "output_names": [network.get_output(i).name for i in range(network.num_outputs)],
+        "kind": settings.kind.value,
         "source_onnx": str(onnx_path),
         "build_seconds": round(took, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -234,7 +322,8 @@ def ensure_plan(
 ) -> tuple[Path, dict[str, Any], bool]:
     """The cached plan for ``onnx_path`` under ``settings`` (built if absent): (plan, meta, built)."""
     trt = trt or import_trt()
-    onnx_path = require_file(Path(onnx_path), (".onnx",), "emotion")
+    onnx_path = require_file(Path(onnx_path), (".onnx",), settings.kind.value)
+    settings = effective_settings(onnx_path, settings)
     gpu = plan_cache.gpu_identity(settings.device_index)
     key = plan_key(onnx_path, trt, settings, gpu)
     cache = plan_cache.PlanCache(settings.cache_dir)

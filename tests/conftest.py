@@ -15,12 +15,10 @@ pytest_plugins = [
 
 
 def _has_cuda() -> bool:
-    try:
-        import torch
+    """A CUDA device the driver sees (libcuda, so the GPU image without torch counts too)."""
+    from engines.cuda import probe_driver
 
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    return probe_driver().ok
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -51,6 +51,18 @@ BUILD_ARGS: tuple[Arg, ...] = (
     (("--cache", "--out"), {"dest": "cache", "type": Path, "help": "Plan cache folder."}),
     (("--workspace-mb",), {"type": int, "default": 1024, "help": "Builder workspace, MiB."}),
     (("--rebuild",), {"action": "store_true", "help": "Build even if a matching plan is cached."}),
+    (
+        ("--detector",),
+        {
+            "action": "store_true",
+            "help": "MODEL is an SCRFD-format face detector: build its plan for --input-size "
+            "(int8 --calib: a video or a .npy of RGB frames at that size).",
+        },
+    ),
+    (
+        ("--input-size",),
+        {"default": "640x640", "help": "Detector input WIDTHxHEIGHT (with --detector)."},
+    ),
 )
 PARITY_ARGS: tuple[Arg, ...] = (
     (
@@ -182,6 +194,30 @@ def _calib_crops(source: Path | None, model: Path) -> Path | None:
     return out
 
 
+def _input_hw(size: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"--input-size {size!r} is not WIDTHxHEIGHT: pass e.g. 640x640") from None
+    return h, w
+
+
+def _detector_calib(source: Path | None, hw: tuple[int, int]) -> Path | None:
+    """A video becomes a ``.npy`` of frames as the detector sees them (letterboxed RGB)."""
+    from engines.calibrate import VIDEO_SUFFIXES
+
+    if source is None or source.suffix.lower() not in VIDEO_SUFFIXES:
+        return source
+    import numpy as np
+
+    from pipeline.tools.gpu_check import letterbox_rgb, real_frames
+
+    frames = np.stack([letterbox_rgb(f, hw) for f in real_frames(source, 2, 64)])
+    out = Path(tempfile.mkdtemp(prefix="es-calib-")) / f"{source.stem}-frames.npy"
+    np.save(out, frames)
+    return out
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from engines.registry import cuda_available
     from engines.trt_builder import BuildSettings, ensure_plan, import_trt
@@ -191,11 +227,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"building a TensorRT plan from {args.model} needs a CUDA GPU and none is visible: run it on the GPU machine"
         )
+    detector: dict[str, Any] = {}
+    if args.detector:
+        detector = {"kind": "detector", "input_hw": _input_hw(args.input_size)}
+        calib = _detector_calib(args.calib, detector["input_hw"])
+    else:
+        calib = _calib_crops(args.calib, args.model)
     settings = BuildSettings(
+        **detector,
         precision=args.precision,
         max_batch=args.max_batch,
         opt_batch=args.opt_batch,
-        calib=_calib_crops(args.calib, args.model),
+        calib=calib,
         cache_dir=args.cache,
         workspace_mb=args.workspace_mb,
         rebuild=args.rebuild,

@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "pipeline.cli.sessions",  # sessions show, tail
     "pipeline.cli.streams",  # streams add | remove | list
     "pipeline.cli.engines",  # engines build | bench | parity
+    "pipeline.cli.doctor",  # doctor
     "training.cli",  # train, evaluate, export
 )
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import Assignor, DropPolicy, WorkerSettings
+from pipeline.core.config import Assignor, DecodeMode, DetectorBackend, DropPolicy, WorkerSettings
 from pipeline.core.config_load import env_var, load_settings
 from pipeline.core.errors import ConfigError
 
@@ -58,11 +58,25 @@ MODELS = (
     ),
     Opt("--backend", "emotion.backend", "Engine: auto, tensorrt, onnxruntime, torch."),
     Opt("--precision", "emotion.precision", "Engine precision: fp32, fp16, int8."),
+    Opt(
+        "--detector-backend",
+        "detector.backend",
+        "Detector runtime: auto (TensorRT when usable), tensorrt, onnxruntime.",
+        choices=[b.value for b in DetectorBackend],
+    ),
 )
 BATCH = (
     Opt("--max-batch", "batch.max_batch", "Most faces per inference batch.", int),
     Opt("--max-wait-ms", "batch.max_wait_ms", "Longest a face waits for a batch.", float),
     Opt("--no-batching", "batch.enabled", "Classify each frame on its own.", const=False),
+)
+DECODE = (
+    Opt(
+        "--decode",
+        "source.decode",
+        "Video decoding: auto (NVDEC when present), cpu, nvdec.",
+        choices=[m.value for m in DecodeMode],
+    ),
 )
 SOURCE = (
     Opt("--every", "source.every", "Process every Nth decoded frame.", int),
@@ -75,6 +89,7 @@ SOURCE = (
         "Full-queue policy of live sources.",
         choices=[p.value for p in DropPolicy],
     ),
+    *DECODE,
 )
 SINKS = (
     Opt("--sink", "sinks.specs", "jsonl:PATH, stdout, kafka or redis; repeatable.", append=True),

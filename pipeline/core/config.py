@@ -28,6 +28,22 @@ class DropPolicy(enum.StrEnum):
     BLOCK = "block"
 
 
+class DecodeMode(enum.StrEnum):
+    """Where video is decoded: NVDEC when present (auto), always the CPU, or NVDEC required."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    NVDEC = "nvdec"
+
+
+class DetectorBackend(enum.StrEnum):
+    """What runs the face detector: TensorRT when usable (auto), TensorRT, or ONNX Runtime."""
+
+    AUTO = "auto"
+    TENSORRT = "tensorrt"
+    ONNXRUNTIME = "onnxruntime"
+
+
 class SourceSettings(StrictModel):
     queue_size: int = Field(8, ge=1, description="Bounded frame queue per stream.")
     drop_policy: DropPolicy = Field(
@@ -53,6 +69,10 @@ class SourceSettings(StrictModel):
     reconnect_max_s: float = Field(
         10.0, gt=0, description="Cap of the exponential reconnect delay."
     )
+    decode: DecodeMode = Field(
+        DecodeMode.AUTO,
+        description="Video decode: auto (NVDEC when FFmpeg and the driver allow, else CPU), cpu, or nvdec (required).",
+    )
     reconnect_attempts: int | None = Field(
         None,
         ge=0,
@@ -76,6 +96,13 @@ class DetectorSettings(StrictModel):
     providers: tuple[str, ...] = Field(
         (),
         description="ONNX Runtime execution providers; empty picks CUDA/TensorRT when present, else CPU.",
+    )
+    backend: DetectorBackend = Field(
+        DetectorBackend.AUTO,
+        description="Detector runtime: auto (a TensorRT plan when TensorRT and a GPU are usable, else ONNX Runtime), tensorrt or onnxruntime.",
+    )
+    precision: str = Field(
+        "fp16", description="Precision of the TensorRT detector plan: fp32, fp16 or int8."
     )
 
 

@@ -27,6 +27,7 @@ from pipeline.core.config import DropPolicy, SourceSettings
 from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.redact import redact_url
 from pipeline.core.types import Frame
+from pipeline.media.hwaccel import decode_options
 
 if TYPE_CHECKING:
     import av.container
@@ -360,12 +361,14 @@ class VideoSource:
 
         s = self.settings
         t0 = time.monotonic()
+        accel = decode_options(s.decode, self.spec.display)  # NVDEC where present (hwaccel.py)
         try:
             container = av.open(
                 self.spec.url,
                 mode="r",
                 options=self._av_options(),
                 timeout=(s.open_timeout_s, s.read_timeout_s),
+                **accel,
             )
         except Exception as exc:
             if self._stop.is_set():

@@ -94,15 +94,18 @@ def check_scrfd_layout(path: Path) -> None:
 
 
 def resolve_providers(requested: tuple[str, ...]) -> list[str]:
-    """Requested providers, or CUDA (when ONNX Runtime has it) then CPU."""
+    """Requested providers, or TensorRT (when its libraries import), CUDA, then CPU."""
     if requested:
         return list(requested)
+    import importlib.util
+
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or [
-        "CPUExecutionProvider"
-    ]
+    available = set(ort.get_available_providers())
+    if importlib.util.find_spec("tensorrt") is None:  # ORT's TensorRT EP needs TensorRT's libraries
+        available.discard("TensorrtExecutionProvider")
+    order = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    return [p for p in order if p in available] or ["CPUExecutionProvider"]
 
 
 class FaceDetector:
@@ -144,6 +147,7 @@ class FaceDetector:
             det_thresh=self.settings.score_threshold,
             nms_thresh=self.settings.nms_threshold,
         )
+        self.backend = _use_tensorrt_if_chosen(model, self.path, self.settings)
         return model
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Faces:
@@ -171,6 +175,17 @@ class FaceDetector:
         wh = np.minimum(det[:, 2] - det[:, 0], det[:, 3] - det[:, 1])
         keep = wh >= self.settings.min_face_px
         return Faces.create(det[keep, :4], det[keep, 4], np.asarray(kps, np.float32)[keep])
+
+
+def _use_tensorrt_if_chosen(model: Any, path: Path, settings: DetectorSettings) -> str:
+    """Hook: run the detector as a TensorRT plan (``engines.detector_trt``) when chosen."""
+    from engines.detector_trt import attach_tensorrt, detector_backend
+
+    name, why = detector_backend(str(settings.backend))
+    logger.info("face detector backend: %s (%s)", name, why)
+    if name == "tensorrt":
+        attach_tensorrt(model, path, settings.input_size, precision=settings.precision)
+    return name
 
 
 #: Mean 5-point positions inside a face box (fractions of width/height), for models without kps.

@@ -17,12 +17,18 @@ It implements exactly the TensorRT 10 Python surface that ``engines.trt_builder`
 - runtime: ``Runtime(logger).deserialize_cuda_engine(bytes)`` -> engine with ``num_io_tensors``,
   ``get_tensor_name``, ``get_tensor_mode``, ``get_tensor_dtype``, ``get_tensor_shape``,
   ``get_tensor_profile_shape(name, profile)``, ``create_execution_context()``; context
-  ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3(stream)``.
+  ``set_input_shape``, ``get_tensor_shape`` (concrete shapes for the set input),
+  ``set_tensor_address``, ``execute_async_v3(stream)``. Network ``num_outputs``.
 
-The "plan" is JSON. ``execute_async_v3`` really reads the float32 input at the bound address and
-writes float32 probabilities at the output address (through ctypes), so the backend's buffer
-plumbing is checked end to end; the "model" is softmax(mean(x) * W) with a fixed W. It also
-detects two threads inside one execution context at once (``FakeContext.overlaps``).
+The "plan" is JSON. A network whose input has no dynamic axis needs no profile (the plan keeps
+the static shape). ``execute_async_v3`` needs a CUDA context current on the calling thread (the
+fake ``pycuda.driver`` in ``tests/fakes/pycuda_driver.py``) and a live stream handle; it really
+reads the float32 input at the bound address and writes float32 outputs at the output addresses
+(through ctypes), so the backend's buffer plumbing is checked end to end. One output: the
+"model" is softmax(mean(x) * W) with a fixed W. Several outputs (an SCRFD-format detector):
+output k holds mean(x of the sample) * (k + 1) everywhere; a dynamic non-batch axis of an output
+named ``*_S`` has (H/S)*(W/S)*2 rows (two anchors per location, as SCRFD). It also detects two
+threads inside one execution context at once (``FakeContext.overlaps``).
 """
 
 from __future__ import annotations
@@ -99,6 +105,10 @@ class FakeNetwork:
     @property
     def num_inputs(self) -> int:
         return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.outputs)
 
     def get_input(self, i: int) -> _Tensor:
         return self.inputs[i]
@@ -218,12 +228,19 @@ class Builder:
         calib_batches = 0
         if BuilderFlag.INT8 in config.flags:
             calib_batches = _run_calibrator(config.int8_calibrator, network.inputs[0].name)
-        (profile,) = config.profiles
         inp, out = network.inputs[0], network.outputs[0]
+        if any(d < 0 for d in inp.shape):
+            (profile,) = config.profiles
+            shapes = profile.shapes[inp.name]
+        else:
+            assert not config.profiles, "a static input needs no optimisation profile"
+            shapes = (inp.shape, inp.shape, inp.shape)
         plan = {
             "input": inp.name,
+            "input_shape": list(inp.shape),
             "output": out.name,
-            "profile": profile.shapes[inp.name],
+            "outputs": [[o.name, list(o.shape)] for o in network.outputs],
+            "profile": shapes,
             "n_out": out.shape[-1] if out.shape[-1] > 0 else N_CLASSES,
             "flags": sorted(f.name for f in config.flags),
             "calib_batches": calib_batches,
@@ -263,12 +280,14 @@ class Runtime:
 class FakeEngine:
     def __init__(self, plan: dict[str, Any]) -> None:
         self.plan = plan
-        self.names = [plan["input"], plan["output"]]
+        self.outputs = [str(o[0]) for o in plan["outputs"]]
+        self.out_dims = {str(o[0]): tuple(o[1]) for o in plan["outputs"]}
+        self.names = [plan["input"], *self.outputs]
         self.contexts: list[FakeContext] = []
 
     @property
     def num_io_tensors(self) -> int:
-        return 2
+        return len(self.names)
 
     def get_tensor_name(self, i: int) -> str:
         return str(self.names[i])
@@ -281,8 +300,10 @@ class FakeEngine:
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if name == self.plan["input"]:
-            return (-1, *self.plan["profile"][0][1:])
-        return (-1, int(self.plan["n_out"]))
+            return tuple(self.plan["input_shape"])
+        if len(self.outputs) == 1:
+            return (-1, int(self.plan["n_out"]))
+        return self.out_dims[name]
 
     def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
         assert profile_index == 0
@@ -312,12 +333,36 @@ class FakeContext:
         self.shapes[name] = tuple(shape)
         return True
 
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """Concrete shape for the input shape set last (as TensorRT infers it)."""
+        plan = self.engine.plan
+        shape = self.shapes[plan["input"]]
+        if name == plan["input"]:
+            return shape
+        if len(self.engine.outputs) == 1:
+            return (shape[0], int(plan["n_out"]))
+        dims = self.engine.out_dims[name]
+        batched = plan["input_shape"][0] < 0 and len(dims) == 3
+        out = [shape[0]] if batched else []
+        for d in dims[1:] if batched else dims:
+            stride = int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0
+            out.append(
+                d if d > 0 else (shape[2] // stride) * (shape[3] // stride) * 2 if stride else 1
+            )
+        return tuple(out)
+
     def set_tensor_address(self, name: str, ptr: int) -> bool:
         self.calls.append(("set_tensor_address", (name, ptr)))
         self.addresses[name] = int(ptr)
         return True
 
     def execute_async_v3(self, stream_handle: int) -> bool:
+        from tests.fakes import pycuda_driver
+
+        if pycuda_driver.current_context() is None:
+            raise RuntimeError("fake TensorRT: execute_async_v3 without a current CUDA context")
+        if not isinstance(stream_handle, int) or stream_handle < 0x1000:
+            raise RuntimeError(f"fake TensorRT: {stream_handle!r} is not a CUDA stream handle")
         if self._busy:
             self.overlaps += 1
         self._busy = True
@@ -332,11 +377,14 @@ class FakeContext:
                 (ctypes.c_float * count).from_address(self.addresses[plan["input"]])
             )
             x = x.reshape(shape)
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            if len(self.engine.outputs) > 1:
+                self._write_detector_outputs(x)
+                return True
             logits = x.reshape(shape[0], -1).mean(axis=1, keepdims=True) * W[None, :]
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             probs = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-            if self.delay_s:
-                time.sleep(self.delay_s)
             out = np.ctypeslib.as_array(
                 (ctypes.c_float * probs.size).from_address(self.addresses[plan["output"]])
             )
@@ -344,6 +392,18 @@ class FakeContext:
             return True
         finally:
             self._busy = False
+
+    def _write_detector_outputs(self, x: np.ndarray) -> None:
+        means = x.reshape(len(x), -1).mean(axis=1)
+        for k, name in enumerate(self.engine.outputs):
+            shape = self.get_tensor_shape(name)
+            out = np.ctypeslib.as_array(
+                (ctypes.c_float * int(np.prod(shape))).from_address(self.addresses[name])
+            ).reshape(shape)
+            if len(shape) == 3:  # batched: one block per sample
+                out[:] = (means * (k + 1))[:, None, None]
+            else:
+                out[:] = means[0] * (k + 1)
 
 
 def reference(x: np.ndarray) -> np.ndarray:
