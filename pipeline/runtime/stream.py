@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.core import events as ev
 from pipeline.core.config import TrackerSettings
-from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult, TrackSummary
 from pipeline.stages.align import align_faces
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.track import Tracker
@@ -47,7 +47,7 @@ class StreamParts:
     detector: FaceDetector
     batcher: MicroBatcher
     publisher: Publisher
-    crop_size: int
+    crop: CropSpec
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
@@ -129,7 +129,7 @@ class StreamRunner:
         faces, ended = self._tracker.update(faces)
         probs = np.zeros((0, len(EMOTIONS)), np.float32)
         if len(faces):
-            crops = align_faces(frame.image, faces, self._p.crop_size)
+            crops = align_faces(frame.image, faces, self._p.crop)
             probs = self._p.batcher.submit(crops).result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))

@@ -150,7 +150,7 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         detector=detector,
         batcher=batcher,
         publisher=Publisher(sinks),
-        crop_size=spec.height,
+        crop=spec.crop,
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
         engine_close=engine.close,
