@@ -136,9 +136,9 @@ class StreamRunner:
         smoothed = self._smoother.update(faces, emotions)
         result = FrameResult(frame, faces, emotions, smoothed, tuple(ended))
         self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
-        out = ev.face_events(result, self.ctx)
+        out: list[ev.Event] = [*ev.face_events(result, self.ctx)]
         out += self._track_end_events(ended)
-        self._p.publisher.put(out, frame.decoded_at)
+        self._p.publisher.put(ev.records(out), frame.decoded_at)
         self._last_frame = frame
         return result
 
@@ -159,9 +159,9 @@ class StreamRunner:
                 c.tracks += 1
             summary.add(result.frame, label)
 
-    def _track_end_events(self, ended: list[int] | tuple[int, ...]) -> list[dict[str, Any]]:
+    def _track_end_events(self, ended: list[int] | tuple[int, ...]) -> list[ev.Event]:
         self._smoother.forget(list(ended))
-        out = []
+        out: list[ev.Event] = []
         for tid in ended:
             summary = self._tracks.pop(tid, None)
             if summary is not None:
@@ -174,7 +174,7 @@ class StreamRunner:
         out.append(
             ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
         )
-        self._p.publisher.put(out, None)
+        self._p.publisher.put(ev.records(out), None)
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
