@@ -204,3 +204,27 @@ def test_worker_feeds_rgb_model_colour_crops(
     first = {e["emotion"]["label"] for e in faces if e["frame_num"] < 3}
     second = {e["emotion"]["label"] for e in faces if e["frame_num"] >= 3}
     assert len(faces) >= 30 and first == {"angry"} and second == {"happy"}
+
+
+def test_settings_backend_precision_transport_are_enums() -> None:
+    from pydantic import ValidationError
+
+    from pipeline.core.config import EmotionSettings, SourceSettings
+    from pipeline.core.enums import Backend, Precision, RtspTransport
+
+    e = EmotionSettings.model_validate({"backend": "torch", "precision": "fp16"})
+    assert e.backend is Backend.TORCH and e.precision is Precision.FP16
+    assert (
+        SourceSettings.model_validate({"rtsp_transport": "udp"}).rtsp_transport is RtspTransport.UDP
+    )
+    assert e.model_dump(mode="json")["backend"] == "torch"
+    with pytest.raises(ValidationError, match="backend"):
+        EmotionSettings.model_validate({"backend": "tensorflow"})
+
+
+def test_run_unknown_backend_is_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli.main import main
+
+    assert main(["-q", "run", "x.mp4", "--backend", "tensorflow"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "backend" in err and "\n" not in err

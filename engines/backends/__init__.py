@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import MINI_XCEPTION_SPEC, InputSpec
+from pipeline.core.enums import Precision
 from pipeline.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_STEM = "emotion_mini_xception"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def model_fix_hint(model: Path) -> str:
@@ -144,15 +145,15 @@ def onnx_spec(model: Path) -> InputSpec:
     return spec_from_onnx_props(props, dims, str(model), out)
 
 
-def check_precision(precision: str) -> str:
-    p = precision.lower()
+def check_precision(precision: str) -> Precision:
+    p = str(precision).lower()
     if p not in PRECISIONS:
         from pipeline.core.errors import ConfigError
 
         raise ConfigError(
             f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: pick one"
         )
-    return p
+    return Precision(p)
 
 
 def sidecar_json(model: Path) -> Path | None:

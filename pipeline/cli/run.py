@@ -129,7 +129,7 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
             update={"source": source, "emotion": emotion, "detector": detector, "batch": batch}
         )
         # model_copy skips validation: validate the result once, here at the edge.
-        return WorkerSettings.model_validate(s.model_dump())
+        return WorkerSettings.model_validate(s.model_dump(warnings=False))
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}".replace("\n", " ")) from exc
 
