@@ -276,21 +276,28 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 def test_health_endpoints_and_metrics_per_stream() -> None:
-    stats = {
-        "streams": {
-            "cam1": {
-                "decoded": 10,
-                "processed": 5,
-                "dropped": 2,
-                "reconnects": 1,
-                "faces": 7,
-                "fps": 2.5,
-            }
-        },
-        "events": 12,
-        "sink_errors": 0,
-        "batcher": {"mean_batch": 3.5, "enabled": True},
-    }
+    from pipeline.runtime.stats import BatcherStats, StreamStats, WorkerStats
+
+    cam1 = StreamStats(
+        stream_id="cam1",
+        url="rtsp://cam/1",
+        decoded=10,
+        dropped=2,
+        reconnects=1,
+        processed=5,
+        faces=7,
+        tracks=1,
+        emotions={"happy": 7},
+        fps=2.5,
+        faces_per_s=3.5,
+        detect_ms_mean=1.0,
+        infer_ms_mean=1.0,
+        done=False,
+        end_reason="running",
+        error=None,
+    )
+    batcher = BatcherStats(True, 32, 2, 7, 3.5, 4, 1.0, 1.0, 0, 0)
+    stats = WorkerStats("w", {"cam1": cam1}, batcher, events=12, sink_errors={"kafka": 1})
     metrics = Metrics(lambda: stats)
     ready = {"ok": False}
     srv = HealthServer(
@@ -310,6 +317,8 @@ def test_health_endpoints_and_metrics_per_stream() -> None:
         assert 'emotion_stream_stream_reconnects_total{stream="cam1"} 1.0' in text
         assert "emotion_stream_assigned_streams 1.0" in text
         assert "emotion_stream_batcher_mean_batch 3.5" in text
+        assert 'emotion_stream_sink_errors_total{sink="kafka"} 1.0' in text
+        assert "emotion_stream_events_total 12.0" in text
     finally:
         srv.close()
 

@@ -315,7 +315,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             health.close()
     stats = worker.stats()
     print(
-        json.dumps({"worker_id": worker_id, "events": stats["events"], "join_s": group.join_s}),
+        json.dumps({"worker_id": worker_id, "events": stats.events, "join_s": group.join_s}),
         file=sys.stderr,
     )
     return 0

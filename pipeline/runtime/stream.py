@@ -9,13 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.core import events as ev
 from pipeline.core.config import TrackerSettings
 from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.runtime.stats import StreamStats
 from pipeline.stages.align import align_faces
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.track import Tracker
@@ -176,25 +177,25 @@ class StreamRunner:
         )
         self._p.publisher.put(ev.records(out), None)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StreamStats:
         c = self.counters
         src = self.source.stats()
         elapsed = max(time.time() - c.started_at, 1e-6)
-        return {
-            "stream_id": self.stream_id,
-            "url": self.spec.display,
-            "decoded": src.decoded,
-            "dropped": src.dropped,
-            "reconnects": src.reconnects,
-            "processed": c.processed,
-            "faces": c.faces,
-            "tracks": c.tracks,
-            "emotions": dict(c.labels),
-            "fps": c.processed / elapsed,
-            "faces_per_s": c.faces / elapsed,
-            "detect_ms_mean": c.detect_ms / max(c.processed, 1),
-            "infer_ms_mean": c.infer_ms / max(c.processed, 1),
-            "done": self.done,
-            "end_reason": self.end_reason,
-            "error": self.error,
-        }
+        return StreamStats(
+            stream_id=self.stream_id,
+            url=self.spec.display,
+            decoded=src.decoded,
+            dropped=src.dropped,
+            reconnects=src.reconnects,
+            processed=c.processed,
+            faces=c.faces,
+            tracks=c.tracks,
+            emotions=dict(c.labels),
+            fps=c.processed / elapsed,
+            faces_per_s=c.faces / elapsed,
+            detect_ms_mean=c.detect_ms / max(c.processed, 1),
+            infer_ms_mean=c.infer_ms / max(c.processed, 1),
+            done=self.done,
+            end_reason=self.end_reason,
+            error=self.error,
+        )

@@ -14,6 +14,7 @@ from pipeline.core import events as ev
 from pipeline.core.config import KafkaSettings, RedisSettings, SourceSettings, WorkerSettings
 from pipeline.core.errors import ConfigError
 from pipeline.runtime.publisher import Publisher
+from pipeline.runtime.stats import WorkerStats
 from pipeline.runtime.stream import StreamParts, StreamRunner
 from pipeline.sinks.base import Sink
 
@@ -99,17 +100,17 @@ class Worker:
             runners = list(self._streams.values()) + self._finished
         return {r.stream_id: r.error for r in runners if r.error}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WorkerStats:
         with self._lock:
             runners = list(self._streams.values())
         pub = self._parts.publisher.stats()
-        return {
-            "worker_id": self.settings.worker_id,
-            "streams": {r.stream_id: r.stats() for r in runners},
-            "batcher": self._parts.batcher.stats(),
-            "events": pub.events,
-            "sink_errors": pub.sink_errors,
-        }
+        return WorkerStats(
+            worker_id=self.settings.worker_id,
+            streams={r.stream_id: r.stats() for r in runners},
+            batcher=self._parts.batcher.stats(),
+            events=pub.events,
+            sink_errors=dict(pub.sink_errors),
+        )
 
     def stop(self, reason: str = "shutdown", timeout: float = 30.0) -> None:
         """Stop every stream, then drain the publisher and flush every sink (raises SinkError
