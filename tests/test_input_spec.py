@@ -228,3 +228,27 @@ def test_run_unknown_backend_is_one_line_error(capsys: pytest.CaptureFixture[str
     assert main(["-q", "run", "x.mp4", "--backend", "tensorflow"]) != 0
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "backend" in err and "\n" not in err
+
+
+def test_parity_colour_crops_onnxruntime_vs_torch(tmp_path: Path) -> None:
+    from engines.parity import compare, default_crops
+
+    ort = load_engine(colour_onnx(tmp_path / "c.onnx"), backend="onnxruntime", max_batch=8)
+    pt = load_engine(colour_torchscript(tmp_path / "c.pt", IMAGENET), backend="torch", max_batch=8)
+    crops = default_crops(IMAGENET, n=16)
+    assert crops.shape == (16, 112, 96, 3) and not (crops[..., 0] == crops[..., 2]).all()
+    row = compare("torch", "fp32", "cpu", ort.infer(crops), pt.infer(crops))
+    assert row.passed and row.max_abs_diff < 1e-4
+
+
+def test_calibration_images_read_in_model_colour(tmp_path: Path) -> None:
+    import cv2
+
+    from engines.calibrate import load_crops
+
+    img = np.zeros((112, 96, 3), np.uint8)
+    img[..., 2] = 200  # BGR red
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    crops = load_crops(tmp_path, IMAGENET)
+    assert crops.shape == (1, 112, 96, 3) and tuple(crops[0, 0, 0]) == (200, 0, 0)
+    assert load_crops(tmp_path, MINI_XCEPTION_SPEC).shape == (1, 64, 64)
