@@ -119,7 +119,7 @@ class InputSpec:
     def normalise(self, crops: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """uint8 (n,H,W) gray or (n,H,W,C) in this spec's colour order -> float32 NCHW.
 
-        Gray crops given to a 3-channel spec (calibration images, parity noise) are repeated
+        Gray crops given to a 3-channel spec (say, a gray .npy of calibration crops) are repeated
         into every channel; colour crops for a gray spec are an error."""
         x = crops.astype(np.float32) * np.float32(self.scale)
         if x.ndim == 3:
