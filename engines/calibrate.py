@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.base import InputSpec
+from pipeline.core.enums import ColourOrder
 from pipeline.core.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,16 @@ def resize_crop(img: npt.NDArray[np.uint8], spec: InputSpec) -> npt.NDArray[np.u
 
     out = cv2.resize(img, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
     return np.asarray(out, np.uint8)
+
+
+def _read_image(cv2: Any, path: Path, spec: InputSpec) -> npt.NDArray[np.uint8] | None:
+    """An image file in the spec's colour (gray, RGB or BGR); None if unreadable."""
+    if spec.colour is ColourOrder.GRAY:
+        return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)  # type: ignore[no-any-return]
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None or spec.colour is ColourOrder.BGR:
+        return img  # type: ignore[no-any-return]
+    return np.ascontiguousarray(img[..., ::-1])
 
 
 def load_crops(
@@ -63,7 +74,8 @@ def load_crops(
         arr = np.load(source)
         if arr.dtype != np.uint8 or arr.ndim not in (3, 4):
             raise ConfigError(
-                f"calibration crops {source} must be uint8 (n, H, W) or (n, H, W, C), got {arr.dtype} {arr.shape}: re-save them"
+                f"calibration crops {source} must be uint8 (n, H, W) or (n, H, W, C) in the model's "
+                f"colour order, got {arr.dtype} {arr.shape}: re-save them"
             )
         return np.stack([resize_crop(a, spec) for a in arr[:limit]])
     if not source.is_dir():
@@ -79,7 +91,7 @@ def load_crops(
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     crops = []
     for f in files:
-        img = cv2.imread(str(f), cv2.IMREAD_GRAYSCALE)
+        img = _read_image(cv2, f, spec)
         if img is None:
             logger.warning("skipping unreadable calibration image %s", f)
             continue

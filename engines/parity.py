@@ -52,7 +52,8 @@ class ParityRow:
 
 
 def default_crops(spec: InputSpec, n: int = 256, seed: int = 0) -> npt.NDArray[np.uint8]:
-    """Fixed-seed crops: half uniform noise, half smooth gradients with low-frequency blobs."""
+    """Fixed-seed crops: half uniform noise, half smooth gradients with low-frequency blobs;
+    (n, H, W) for a gray spec, (n, H, W, 3) in the spec's colour order for a colour one."""
     rng = np.random.default_rng(seed)
     h, w = spec.height, spec.width
     noise = rng.integers(0, 256, (n // 2, h, w), dtype=np.uint8)
@@ -65,7 +66,10 @@ def default_crops(spec: InputSpec, n: int = 256, seed: int = 0) -> npt.NDArray[n
         img += rng.uniform(-1, 1) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
         img = (img - img.min()) / max(float(np.ptp(img)), 1e-6)
         smooth.append((img * 255).astype(np.uint8))
-    return np.concatenate([noise, np.stack(smooth)])
+    crops = np.concatenate([noise, np.stack(smooth)])
+    if spec.channels == 3:  # colour crops: three different gray sets as the channels
+        crops = np.stack([crops, np.roll(crops, 1, axis=0), np.roll(crops, 2, axis=0)], axis=-1)
+    return crops
 
 
 def compare(

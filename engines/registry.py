@@ -22,15 +22,16 @@ from typing import Any
 
 from engines.backends import check_precision, require_file
 from engines.base import Engine
+from pipeline.core.enums import Backend, Precision
 from pipeline.core.errors import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
 #: backend name -> "module:Class" (imported lazily).
 BACKENDS: dict[str, str] = {
-    "tensorrt": "engines.backends.tensorrt:TensorRTEngine",
-    "onnxruntime": "engines.backends.onnxruntime:OnnxRuntimeEngine",
-    "torch": "engines.backends.torch:TorchEngine",
+    Backend.TENSORRT: "engines.backends.tensorrt:TensorRTEngine",
+    Backend.ONNXRUNTIME: "engines.backends.onnxruntime:OnnxRuntimeEngine",
+    Backend.TORCH: "engines.backends.torch:TorchEngine",
 }
 
 #: backend name -> (package it imports, how to install it).
@@ -116,8 +117,19 @@ def list_backends() -> list[Availability]:
     return [availability(b) for b in BACKENDS]
 
 
-def resolve_backend(model: Path, backend: str = "auto") -> tuple[str, str]:
+def parse_backend(backend: str) -> Backend:
+    """``backend`` as the enum; a one-line ConfigError naming the choices otherwise."""
+    try:
+        return Backend(str(backend).lower())
+    except ValueError:
+        raise ConfigError(
+            f"unknown engine backend {backend!r}: pick one of {', '.join(b.value for b in Backend)}"
+        ) from None
+
+
+def resolve_backend(model: Path, backend: str = Backend.AUTO) -> tuple[str, str]:
     """The backend to use for ``model`` and the reason for the choice."""
+    backend = parse_backend(backend)
     suffix = Path(model).suffix.lower()
     if backend != "auto":
         a = availability(backend)
@@ -174,8 +186,8 @@ def backend_class(backend: str) -> type[Engine]:
 
 def load_engine(
     model: str | Path,
-    backend: str = "auto",
-    precision: str = "fp32",
+    backend: Backend | str = Backend.AUTO,
+    precision: Precision | str = Precision.FP32,
     max_batch: int = 32,
     device: str | None = None,
     config: Any = None,

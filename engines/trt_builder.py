@@ -305,7 +305,12 @@ def build_plan(
     meta = {
         "input_spec": json.loads(spec.to_metadata()[InputSpec.METADATA_KEY]),
         "classes": list(spec.classes),
-        "normalisation": {"mean": spec.mean, "std": spec.std, "formula": "(x/255 - mean) / std"},
+        "normalisation": {
+            "mean": list(spec.mean_vec.tolist()),
+            "std": list(spec.std_vec.tolist()),
+            "colour": str(spec.colour),
+            "formula": "(x * scale - mean[c]) / std[c]",
+        },
         "input_name": network.get_input(0).name,
         "output_name": network.get_output(0).name,
         "output_names": [network.get_output(i).name for i in range(network.num_outputs)],

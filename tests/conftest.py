@@ -21,7 +21,16 @@ def _has_cuda() -> bool:
     return probe_driver().ok
 
 
+#: Fixtures that build models (bootstrap on a fresh machine, or a training run): a test that
+#: uses one is ``slow``, so ``make unit`` (``-m "not integration and not slow"``) stays fast.
+SLOW_FIXTURES = frozenset({"models_dir", "trained", "sample_clip"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    slow = pytest.mark.slow
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)
     if os.environ.get("ES_FORCE_GPU_TESTS") or _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU; none here")

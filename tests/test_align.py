@@ -36,3 +36,32 @@ def test_align_faces_rotated_face_lands_on_template() -> None:
 def test_align_faces_empty_returns_empty() -> None:
     img = np.zeros((10, 10, 3), np.uint8)
     assert align_faces(img, Faces.empty(), 48).shape == (0, 48, 48)
+
+
+def test_align_faces_default_gray_64_is_unchanged() -> None:
+    # sha256 of the crops before alignment learned colour and non-square sizes: the default
+    # mini-Xception input stays bit-identical.
+    import hashlib
+
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    kps = np.array(
+        [
+            [[100, 80], [130, 78], [115, 95], [103, 110], [128, 109]],
+            [[200, 120], [225, 130], [210, 140], [200, 155], [220, 160]],
+        ],
+        np.float32,
+    )
+    faces = Faces.create([[90, 60, 140, 120], [190, 110, 235, 170]], [0.9, 0.8], kps)
+    crops = align_faces(img, faces, 64)
+    assert crops.shape == (2, 64, 64)
+    assert (
+        hashlib.sha256(crops.tobytes()).hexdigest()
+        == "959d904b31e3945f026541452155b207352561d9afdd24f9f7dd26d2b3278bfa"
+    )
+
+
+def test_template_non_square_keeps_proportions_centred() -> None:
+    square = template(96)
+    tall = template((112, 96))
+    np.testing.assert_allclose(tall, square + np.array([0.0, 8.0], np.float32), atol=1e-5)

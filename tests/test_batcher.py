@@ -70,8 +70,8 @@ def test_batcher_concurrent_submitters_coalesce_into_batches() -> None:
         t.join()
     b.close()
     s = b.stats()
-    assert s["faces"] == 160
-    assert s["mean_batch"] > 2, s
+    assert s.faces == 160
+    assert s.mean_batch > 2, s
     assert max(engine.batch_sizes) <= 32
     assert engine.threads == {"micro-batcher"}
     for key, probs in results.items():
@@ -87,7 +87,7 @@ def test_batcher_disabled_runs_each_submission_alone() -> None:
         assert (f.result(timeout=5)[:, 0] == i).all()
     b.close()
     assert engine.batch_sizes == [3] * 5
-    assert b.stats()["mean_batch"] == 3
+    assert b.stats().mean_batch == 3
 
 
 def test_batcher_large_submission_split_and_reassembled_in_order() -> None:
@@ -110,7 +110,7 @@ def test_batcher_engine_error_fails_only_that_batch() -> None:
         bad.result(timeout=5)
     assert good.result(timeout=5)[:, 0].tolist() == [1, 2]
     b.close()
-    assert b.stats()["errors"] == 1
+    assert b.stats().errors == 1
 
 
 def test_batcher_close_drains_pending_submissions() -> None:
@@ -167,4 +167,4 @@ def test_batcher_dispatches_early_when_all_active_streams_are_in() -> None:
     took = time.monotonic() - t0
     b.close()
     assert took < 0.4  # 3 x 500 ms if it waited out max_wait_ms
-    assert b.stats()["early_dispatch"] >= 2
+    assert b.stats().early_dispatch >= 2

@@ -103,7 +103,7 @@ def test_onnx_without_metadata_falls_back_to_shape_with_warning(
     with caplog.at_level(logging.WARNING):
         eng = load_engine(path, backend="onnxruntime", max_batch=2)
     assert (eng.input_spec.channels, eng.input_spec.height, eng.input_spec.width) == (1, 32, 32)
-    assert eng.input_spec.mean == 0.5
+    assert eng.input_spec.mean == (0.5,) and eng.input_spec.colour == "gray"
     assert "carries no input spec" in caplog.text
 
 

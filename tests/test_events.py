@@ -176,3 +176,59 @@ def test_schema_file_is_valid_2020_12() -> None:
     assert schema["$schema"].endswith("2020-12/schema")
     Draft202012Validator.check_schema(schema)
     assert schema["$defs"]["probs"]["required"] == list(EMOTIONS)
+
+
+def _schema_objects(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A schema object node with its ``$ref`` resolved."""
+    while "$ref" in node:
+        node = defs[node["$ref"].removeprefix("#/$defs/")]
+    return node
+
+
+def _assert_record_matches(
+    record: type, node: dict[str, Any], defs: dict[str, Any], at: str
+) -> None:
+    """Field names and required-ness of a TypedDict equal a schema object's; nested TypedDicts
+    are compared with their nested objects."""
+    import typing
+
+    node = _schema_objects(node, defs)
+    props = node["properties"]
+    assert node.get("additionalProperties") is False, at
+    assert set(record.__annotations__) == set(props), at  # type: ignore[attr-defined]
+    assert record.__required_keys__ == set(node["required"]), at  # type: ignore[attr-defined]
+    hints = typing.get_type_hints(record)
+    for name, hint in hints.items():
+        if typing.is_typeddict(hint):
+            _assert_record_matches(hint, props[name], defs, f"{at}/{name}")
+
+
+@pytest.mark.parametrize("kind", ev.EVENT_TYPES)
+def test_event_records_match_schema(kind: str) -> None:
+    defs = ev.load_schema()["$defs"]
+    assert set(ev.EVENT_RECORDS) == set(ev.EVENT_TYPES)
+    _assert_record_matches(ev.EVENT_RECORDS[kind], defs[kind], defs, kind)
+
+
+def test_event_records_match_built_events() -> None:
+    built = {
+        "face": ev.face_events(make_result(), CTX)[0],
+        "track_end": ev.track_end_event("cam", 1, TrackSummary(0, 2, 1.0, 2.0, 0.0, 1.0), CTX),
+        "stream_end": ev.stream_end_event("cam", 10, "eof", CTX),
+    }
+    for kind, event in built.items():
+        assert set(event) == set(ev.EVENT_RECORDS[kind].__annotations__), kind
+
+
+def test_face_events_rounded_pixels_and_probabilities() -> None:
+    events = ev.face_events(make_result(seed=3), CTX)
+    text = ev.encode(events[0]).decode()
+    for e in events:
+        coords = [*e["bbox"], *(v for p in e["landmarks"] for v in p)]
+        assert all(round(v, 1) == v for v in coords)
+        assert all(round(p, 4) == p for p in e["emotion"]["probs"].values())
+        assert abs(sum(e["emotion"]["probs"].values()) - 1) <= ev.PROBS_SUM_TOLERANCE
+        ev.validate(e)
+    # No float32 noise in the JSON: every number has at most 4 decimals (pts and latency: more).
+    body = text.split('"latency_ms"')[0].split('"frame_num"')[1]
+    assert not re.search(r"\d\.\d{5,}", body)

@@ -268,7 +268,7 @@ def test_plan_metadata_is_json_beside_plan(trt: object, onnx_model: Path, tmp_pa
     assert (
         meta["plan"] == plan.name
         and meta["precision"] == "fp16"
-        and meta["normalisation"]["mean"] == 0.5
+        and meta["normalisation"]["mean"] == [0.5]
     )
 
 
@@ -409,3 +409,14 @@ def test_registry_tensorrt_needs_pycuda(
     with pytest.raises(MissingDependencyError, match=r"'pycuda'.*CUDA headers"):
         registry.resolve_backend(onnx_model, "tensorrt")
     assert registry.resolve_backend(onnx_model, "auto")[0] != "tensorrt"
+
+
+def test_trt_engine_feeds_rgb_per_channel_spec(trt: object, tmp_path: Path) -> None:
+    from tests.test_input_spec import IMAGENET, colour_onnx, patches
+
+    eng = engine(tmp_path, colour_onnx(tmp_path / "colour.onnx"), max_batch=4)
+    assert eng.input_spec == IMAGENET
+    red = patches(IMAGENET, (255, 0, 0))
+    want = fake_trt.reference(IMAGENET.normalise(red))
+    np.testing.assert_allclose(eng.infer(red), want, rtol=1e-5, atol=1e-6)
+    assert ("set_input_shape", ("input", (2, 3, 112, 96))) in eng._runner._context.calls

@@ -352,6 +352,7 @@ def test_evaluate_reproduces_run_metrics(trained: tuple[Path, dict], csv_path: P
     assert m == report["test"]
 
 
+@pytest.mark.slow
 def test_resume_continues_and_matches_uninterrupted(tmp_path: Path, csv_path: Path) -> None:
     from training.train import Trainer
 
@@ -365,6 +366,7 @@ def test_resume_continues_and_matches_uninterrupted(tmp_path: Path, csv_path: Pa
     assert st.history[-1]["val_loss"] == ref.history[-1]["val_loss"]
 
 
+@pytest.mark.slow
 def test_early_stopping_stops(tmp_path: Path, csv_path: Path) -> None:
     from training.train import Trainer
 

@@ -11,6 +11,9 @@ import pytest
 from pipeline.cli.main import main
 from training.data import write_synthetic_csv, write_synthetic_folder
 
+#: Every test here trains (or evaluates) a model through the CLI: minutes on 2 cores.
+pytestmark = pytest.mark.slow
+
 TINY = [
     "--arch",
     "cnn",

@@ -21,7 +21,8 @@ def render(report: dict[str, Any]) -> str:
         "## Model",
         f"- architecture: `{report['arch']}` ({report.get('arch_description', '')})",
         f"- parameters: {report.get('parameters', 'n/a')}",
-        f"- input: {spec['channels']} x {spec['height']} x {spec['width']} gray, NCHW float32, "
+        f"- input: {spec['channels']} x {spec['height']} x {spec['width']} "
+        f"{spec.get('colour', 'gray')}, NCHW float32, "
         f"normalised as (x/255 - {spec['mean']}) / {spec['std']}",
         f"- output: softmax probabilities over 7 classes in this order: {', '.join(spec['classes'])}",
         f"- best epoch: {report.get('best_epoch', 'n/a')} of {report.get('epochs_run', 'n/a')}",

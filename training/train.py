@@ -61,7 +61,9 @@ def to_input(
         )
     if aug is not None:
         x = aug(x)
-    return (x - spec.mean) / spec.std
+    mean = torch.as_tensor(spec.mean_vec, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(spec.std_vec, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
 
 
 @dataclass

@@ -8,13 +8,16 @@ Where an engine finds its ``InputSpec``:
 
 - ONNX: ``metadata_props`` under ``InputSpec.METADATA_KEY`` (written by ``emotion-stream export``);
 - TorchScript ``.pt``: the extra file ``input_spec.json`` saved with
-  ``torch.jit.save(m, path, _extra_files={"input_spec.json": json})``, else a sidecar JSON
-  file beside the model (``MODEL.json`` or ``MODEL.pt.json``);
+  ``torch.jit.save(m, path, _extra_files={"input_spec.json": json})``;
+- else, for ONNX and TorchScript, a sidecar JSON beside the model (``MODEL.onnx.json`` /
+  ``MODEL.pt.json``, or ``MODEL.json``) that a user writes for a foreign model;
 - TensorRT plan: the metadata JSON the builder writes beside the plan (``PLAN.json``).
 
 The JSON is the value that ``InputSpec.to_metadata()`` stores (a dict of the spec's fields);
-a dict that wraps it under ``InputSpec.METADATA_KEY`` is accepted as well. A model with no
-spec falls back to its input shape and the mini-Xception normalisation, with a warning.
+a dict that wraps it under ``InputSpec.METADATA_KEY`` is accepted as well. Fields: channels (1|3),
+height, width, colour (gray|rgb|bgr), mean and std (one value or one per channel), scale
+(default 1/255), softmax_in_model, classes. A model with no spec falls back to its input
+shape (3 channels read as RGB) and the mini-Xception normalisation, with a warning.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import MINI_XCEPTION_SPEC, InputSpec
+from pipeline.core.enums import Precision
 from pipeline.core.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_STEM = "emotion_mini_xception"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = tuple(p.value for p in Precision)
 
 
 def model_fix_hint(model: Path) -> str:
@@ -65,7 +69,7 @@ def spec_from_json(raw: str | bytes, source: str) -> InputSpec:
         return InputSpec(**d)
     except (ValueError, TypeError) as exc:
         raise ModelError(
-            f"input spec in {source} is not valid ({exc}): re-export the model"
+            f"input spec in {source} is not valid ({exc}): fix it or re-export the model"
         ) from exc
 
 
@@ -73,32 +77,49 @@ def fallback_spec(shape: Sequence[Any], source: str, softmax_in_model: bool = Tr
     """A spec from an NCHW input shape with the mini-Xception normalisation (and a warning)."""
     dims = [d if isinstance(d, int) and d > 0 else None for d in list(shape)[1:4]]
     c, h, w = [*dims, None, None, None][:3]
-    logger.warning(
-        "%s carries no input spec (%s); assuming %sx%sx%s input normalised as (x/255 - %.2f) / %.2f",
-        source,
-        InputSpec.METADATA_KEY,
-        c or MINI_XCEPTION_SPEC.channels,
-        h or MINI_XCEPTION_SPEC.height,
-        w or MINI_XCEPTION_SPEC.width,
-        MINI_XCEPTION_SPEC.mean,
-        MINI_XCEPTION_SPEC.std,
-    )
-    return InputSpec(
+    spec = InputSpec(
         channels=c or MINI_XCEPTION_SPEC.channels,
         height=h or MINI_XCEPTION_SPEC.height,
         width=w or MINI_XCEPTION_SPEC.width,
-        mean=MINI_XCEPTION_SPEC.mean,
-        std=MINI_XCEPTION_SPEC.std,
+        mean=0.5,
+        std=0.5,
         softmax_in_model=softmax_in_model,
     )
+    logger.warning(
+        "%s carries no input spec (%s, nor a sidecar %s.json); assuming %sx%s %s input "
+        "normalised as (x/255 - 0.5) / 0.5, softmax %s the model: write the sidecar if wrong",
+        source,
+        InputSpec.METADATA_KEY,
+        source,
+        spec.height,
+        spec.width,
+        spec.colour,
+        "in" if softmax_in_model else "after",
+    )
+    return spec
+
+
+def check_shape(spec: InputSpec, shape: Sequence[Any], source: str) -> InputSpec:
+    """``spec``, checked against the model's fixed NCHW input dims (dynamic dims pass)."""
+    want = (spec.channels, spec.height, spec.width)
+    for name, got, w in zip(("channels", "height", "width"), list(shape)[1:4], want, strict=False):
+        if isinstance(got, int) and got > 0 and got != w:
+            raise ModelError(
+                f"input spec in {source} says {name} {w} but the model input has {got}: fix the spec"
+            )
+    return spec
 
 
 def spec_from_onnx_props(
     props: Mapping[str, str], shape: Sequence[Any], source: str, output_name: str = "probs"
 ) -> InputSpec:
-    """The spec in ONNX ``metadata_props``, or the shape fallback."""
+    """The spec in ONNX ``metadata_props``, else a sidecar JSON beside the model
+    (``MODEL.onnx.json`` or ``MODEL.json``), else the shape fallback."""
     if InputSpec.METADATA_KEY in props:
-        return spec_from_json(props[InputSpec.METADATA_KEY], source)
+        return check_shape(spec_from_json(props[InputSpec.METADATA_KEY], source), shape, source)
+    side = sidecar_json(Path(source))
+    if side is not None:
+        return check_shape(spec_from_json(side.read_text(), str(side)), shape, str(side))
     return fallback_spec(shape, source, softmax_in_model="logit" not in output_name.lower())
 
 
@@ -124,20 +145,20 @@ def onnx_spec(model: Path) -> InputSpec:
     return spec_from_onnx_props(props, dims, str(model), out)
 
 
-def check_precision(precision: str) -> str:
-    p = precision.lower()
+def check_precision(precision: str) -> Precision:
+    p = str(precision).lower()
     if p not in PRECISIONS:
         from pipeline.core.errors import ConfigError
 
         raise ConfigError(
             f"precision {precision!r} is not one of {', '.join(PRECISIONS)}: pick one"
         )
-    return p
+    return Precision(p)
 
 
 def sidecar_json(model: Path) -> Path | None:
     """``MODEL.json`` or ``MODEL.pt.json`` beside a model, if one exists."""
-    for p in (model.with_suffix(".json"), model.with_name(model.name + ".json")):
+    for p in (model.with_name(model.name + ".json"), model.with_suffix(".json")):
         if p.is_file():
             return p
     return None

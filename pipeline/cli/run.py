@@ -10,13 +10,17 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
 from pipeline.core.config import WorkerSettings
 from pipeline.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.runtime.stats import BatcherStats, StreamStats, WorkerStats
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = summarise(stats, time.time() - t0)
     out = sys.stderr if "stdout" in sinks else sys.stdout
     if args.json:
-        print(json.dumps(summary, indent=2), file=out)
+        print(json.dumps(summary.as_dict(), indent=2), file=out)
     else:
         print(render_summary(summary), file=out)
     for sid, err in failed.items():
@@ -122,48 +126,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def summarise(stats: dict[str, Any], elapsed: float) -> dict[str, Any]:
-    streams = stats["streams"]
-    emotions: Counter[str] = Counter()
-    for s in streams.values():
-        emotions.update(s["emotions"])
-    processed = sum(s["processed"] for s in streams.values())
-    faces = sum(s["faces"] for s in streams.values())
-    return {
-        "streams": len(streams),
-        "frames_decoded": sum(s["decoded"] for s in streams.values()),
-        "frames_processed": processed,
-        "faces": faces,
-        "tracks": sum(s["tracks"] for s in streams.values()),
-        "emotions": dict(emotions.most_common()),
-        "events": stats["events"],
-        "elapsed_s": round(elapsed, 3),
-        "frames_per_s": round(processed / max(elapsed, 1e-9), 2),
-        "faces_per_s": round(faces / max(elapsed, 1e-9), 2),
-        "per_stream": streams,
-        "batcher": stats["batcher"],
-        "sink_errors": stats["sink_errors"],
-    }
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """What ``emotion-stream run`` prints at the end (``--json``: ``as_dict()``)."""
+
+    streams: int
+    frames_decoded: int
+    frames_processed: int
+    faces: int
+    tracks: int
+    emotions: dict[str, int]
+    events: int
+    elapsed_s: float
+    frames_per_s: float
+    faces_per_s: float
+    per_stream: dict[str, StreamStats]
+    batcher: BatcherStats | None
+    sink_errors: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def render_summary(s: dict[str, Any]) -> str:
+def summarise(stats: WorkerStats, elapsed: float) -> RunSummary:
+    processed, faces = stats.processed, stats.faces
+    return RunSummary(
+        streams=len(stats.streams),
+        frames_decoded=stats.decoded,
+        frames_processed=processed,
+        faces=faces,
+        tracks=stats.tracks,
+        emotions=dict(stats.emotions().most_common()),
+        events=stats.events,
+        elapsed_s=round(elapsed, 3),
+        frames_per_s=round(processed / max(elapsed, 1e-9), 2),
+        faces_per_s=round(faces / max(elapsed, 1e-9), 2),
+        per_stream=dict(stats.streams),
+        batcher=stats.batcher,
+        sink_errors=dict(stats.sink_errors),
+    )
+
+
+def render_summary(s: RunSummary) -> str:
     lines = [
         f"{'stream':<28} {'frames':>7} {'proc':>6} {'faces':>6} {'tracks':>6} {'fps':>7}  status",
     ]
-    for sid, st in s["per_stream"].items():
-        status = st["error"] or st["end_reason"]
+    for sid, st in s.per_stream.items():
+        status = st.error or st.end_reason
         lines.append(
-            f"{sid[:28]:<28} {st['decoded']:>7} {st['processed']:>6} {st['faces']:>6} "
-            f"{st['tracks']:>6} {st['fps']:>7.1f}  {status}"
+            f"{sid[:28]:<28} {st.decoded:>7} {st.processed:>6} {st.faces:>6} "
+            f"{st.tracks:>6} {st.fps:>7.1f}  {status}"
         )
     lines.append(
-        f"{'total':<28} {s['frames_decoded']:>7} {s['frames_processed']:>6} {s['faces']:>6} "
-        f"{s['tracks']:>6} {s['frames_per_s']:>7.1f}  {s['events']} events in {s['elapsed_s']:.1f} s"
+        f"{'total':<28} {s.frames_decoded:>7} {s.frames_processed:>6} {s.faces:>6} "
+        f"{s.tracks:>6} {s.frames_per_s:>7.1f}  {s.events} events in {s.elapsed_s:.1f} s"
     )
-    total = max(sum(s["emotions"].values()), 1)
+    total = max(sum(s.emotions.values()), 1)
     lines.append(
-        "emotions: "
-        + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s["emotions"].items())
+        "emotions: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s.emotions.items())
     )
     return "\n".join(lines)
 

@@ -74,7 +74,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             health.close()
     stats = worker.stats()
     print(
-        json.dumps({"worker_id": s.worker_id, "events": stats["events"], "join_s": group.join_s}),
+        json.dumps({"worker_id": s.worker_id, "events": stats.events, "join_s": group.join_s}),
         file=sys.stderr,
     )
     return 0

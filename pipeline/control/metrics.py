@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pipeline.runtime.stats import WorkerStats
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "emotion_stream"
 
-#: Worker.stats()['streams'][id] key -> (metric suffix, help, is_counter)
+#: ``StreamStats`` field (``Worker.stats().streams[id]``) -> (metric suffix, help, is_counter)
 _STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
     "decoded": ("frames_decoded", "Frames decoded per stream.", True),
     "processed": ("frames_processed", "Frames run through detection and classification.", True),
@@ -43,7 +44,7 @@ _STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
 class WorkerCollector(Collector):
     """Turns a ``stats()`` snapshot into metric families at each scrape."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: Callable[[], WorkerStats]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
@@ -52,35 +53,28 @@ class WorkerCollector(Collector):
         except Exception:
             logger.exception("metrics: worker stats failed")
             return
-        streams: dict[str, dict[str, Any]] = st.get("streams", {})
         for key, (name, doc, is_counter) in _STREAM_FIELDS.items():
             fam: CounterMetricFamily | GaugeMetricFamily
             if is_counter:
                 fam = CounterMetricFamily(f"{PREFIX}_stream_{name}", doc, labels=["stream"])
             else:
                 fam = GaugeMetricFamily(f"{PREFIX}_stream_{name}", doc, labels=["stream"])
-            for sid, s in streams.items():
-                v = s.get(key)
-                if isinstance(v, int | float):
-                    fam.add_metric([sid], float(v))
+            for sid, s in st.streams.items():
+                fam.add_metric([sid], float(getattr(s, key)))
             yield fam
         g = GaugeMetricFamily(f"{PREFIX}_assigned_streams", "Streams this worker runs now.")
-        g.add_metric([], float(len(streams)))
+        g.add_metric([], float(len(st.streams)))
         yield g
         ev = CounterMetricFamily(f"{PREFIX}_events", "Events handed to the sinks.")
-        ev.add_metric([], float(st.get("events", 0)))
+        ev.add_metric([], float(st.events))
         yield ev
         errs = CounterMetricFamily(
             f"{PREFIX}_sink_errors", "Sink errors (Kafka sends, Redis writes).", labels=["sink"]
         )
-        sink_errors = st.get("sink_errors", {})
-        if isinstance(sink_errors, dict):
-            for sink, n in sink_errors.items():
-                errs.add_metric([str(sink)], float(n))
-        elif isinstance(sink_errors, int | float):
-            errs.add_metric(["all"], float(sink_errors))
+        for sink, n in st.sink_errors.items():
+            errs.add_metric([str(sink)], float(n))
         yield errs
-        batcher = st.get("batcher", {})
+        batcher = {} if st.batcher is None else st.batcher.as_dict()
         for k, v in batcher.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 fam2 = GaugeMetricFamily(
@@ -93,7 +87,7 @@ class WorkerCollector(Collector):
 class Metrics:
     """The registry a worker serves on /metrics, plus the group-level instruments."""
 
-    def __init__(self, stats: Callable[[], dict[str, Any]] | None = None) -> None:
+    def __init__(self, stats: Callable[[], WorkerStats] | None = None) -> None:
         self.registry = CollectorRegistry()
         self._lock = threading.Lock()
         if stats is not None:

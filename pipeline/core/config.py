@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline.core.enums import Backend, Precision, RtspTransport
+
 
 class StrictModel(BaseModel):
     """Base of every settings section: unknown keys are rejected, values are frozen."""
@@ -60,7 +62,9 @@ class SourceSettings(StrictModel):
         None, ge=1, description="Stop each stream after this many decoded frames."
     )
     loop: bool = Field(False, description="Replay file sources forever.")
-    rtsp_transport: str = Field("tcp", description="RTSP lower transport: tcp or udp.")
+    rtsp_transport: RtspTransport = Field(
+        RtspTransport.TCP, description="RTSP lower transport: tcp or udp."
+    )
     open_timeout_s: float = Field(10.0, gt=0, description="Timeout for opening a network source.")
     read_timeout_s: float = Field(10.0, gt=0, description="Timeout for a stalled network read.")
     reconnect_initial_s: float = Field(
@@ -111,10 +115,12 @@ class EmotionSettings(StrictModel):
         Path("models/emotion_mini_xception.onnx"),
         description="Emotion model (ONNX, or a TensorRT plan).",
     )
-    backend: str = Field(
-        "auto", description="Engine backend: auto, tensorrt, onnxruntime or torch."
+    backend: Backend = Field(
+        Backend.AUTO, description="Engine backend: auto, tensorrt, onnxruntime or torch."
     )
-    precision: str = Field("fp32", description="Engine precision: fp32, fp16 or int8.")
+    precision: Precision = Field(
+        Precision.FP32, description="Engine precision: fp32, fp16 or int8."
+    )
     smoothing_alpha: float = Field(
         0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
     )

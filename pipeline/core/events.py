@@ -20,7 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+
+import numpy as np
 
 from pipeline.core.types import EMOTIONS, FrameResult
 
@@ -35,12 +37,113 @@ NS_FACE = uuid.UUID("6f1c2b9e-6c57-5b7a-9d0c-3a1f4e2d8b01")
 NS_TRACK_END = uuid.UUID("6f1c2b9e-6c57-5b7a-9d0c-3a1f4e2d8b02")
 NS_STREAM_END = uuid.UUID("6f1c2b9e-6c57-5b7a-9d0c-3a1f4e2d8b03")
 
-#: Tolerance on the sum of ``emotion.probs`` (probabilities are rounded to 5 decimals).
+#: Tolerance on the sum of ``emotion.probs``: 7 values rounded to 4 decimals are off by at
+#: most 7 * 0.00005 = 0.00035 in total.
 PROBS_SUM_TOLERANCE = 1e-3
 
-_PX = 1  # decimals of pixel coordinates
+_PX = 1  # decimals of pixel coordinates (boxes, landmarks): 0.1 px
 _SCORE = 4  # decimals of scores
-_PROB = 5  # decimals of probabilities
+_PROB = 4  # decimals of probabilities
+
+
+class FrameSize(TypedDict):
+    width: int
+    height: int
+
+
+class EmotionField(TypedDict):
+    label: str
+    score: float
+    probs: dict[str, float]
+
+
+class SmoothedField(TypedDict):
+    label: str
+    score: float
+
+
+class ModelField(TypedDict):
+    detector: str
+    classifier: str
+    backend: str
+    precision: str
+
+
+class FaceEvent(TypedDict):
+    """One detected face of one processed frame (``$defs/face`` in the schema)."""
+
+    schema: str
+    type: Literal["face"]
+    event_id: str
+    timestamp: str
+    pts: float | None
+    frame_num: int
+    stream_id: str
+    session_id: str
+    worker_id: str
+    frame: FrameSize
+    track_id: int
+    bbox: list[float]
+    det_score: float
+    landmarks: list[list[float]]
+    emotion: EmotionField
+    smoothed: SmoothedField
+    model: ModelField
+    latency_ms: float
+
+
+class TrackEndEvent(TypedDict):
+    """A track ended: it left the view, or its stream ended (``$defs/track_end``)."""
+
+    schema: str
+    type: Literal["track_end"]
+    event_id: str
+    timestamp: str
+    stream_id: str
+    session_id: str
+    worker_id: str
+    track_id: int
+    first_frame: int
+    last_frame: int
+    first_timestamp: str
+    last_timestamp: str
+    first_pts: float | None
+    last_pts: float | None
+    dwell_s: float
+    faces: int
+    emotions: dict[str, int]
+    dominant: str | None
+
+
+class StreamEndEvent(TypedDict):
+    """A stream stopped (``$defs/stream_end``)."""
+
+    schema: str
+    type: Literal["stream_end"]
+    event_id: str
+    timestamp: str
+    stream_id: str
+    session_id: str
+    worker_id: str
+    frames: int
+    reason: str
+    error: str | None
+
+
+#: Any v1 event; ``type`` tells which.
+Event = FaceEvent | TrackEndEvent | StreamEndEvent
+
+#: event type -> its record, kept equal to the schema's ``$defs`` by tests/test_events.py.
+EVENT_RECORDS: dict[str, type] = {
+    "face": FaceEvent,
+    "track_end": TrackEndEvent,
+    "stream_end": StreamEndEvent,
+}
+
+
+def records(events: list[Event]) -> list[dict[str, Any]]:
+    """The same events as plain JSON records, for sinks that take ``dict[str, Any]``."""
+    return cast(list[dict[str, Any]], events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +157,7 @@ class EventContext:
     backend: str
     precision: str
 
-    def model(self) -> dict[str, str]:
+    def model(self) -> ModelField:
         return {
             "detector": self.detector,
             "classifier": self.classifier,
@@ -110,37 +213,37 @@ def _latency_ms(result: FrameResult, now: float) -> float:
 
 def face_events(
     result: FrameResult, ctx: EventContext, now: float | None = None
-) -> list[dict[str, Any]]:
+) -> list[FaceEvent]:
     """One ``face`` event per face of a processed frame, in the faces' order."""
     frame, faces = result.frame, result.faces
     if not len(faces):
         return []
     now = time.time() if now is None else now
-    boxes = faces.xyxy.round(_PX).tolist()
+    # float64 before rounding, so that 12.3 stays 12.3 in JSON (not float32's 12.300000190734863)
+    boxes = faces.xyxy.astype(np.float64).round(_PX).tolist()
     scores = faces.score.tolist()
-    kps = faces.kps.round(_PX).tolist()
+    kps = faces.kps.astype(np.float64).round(_PX).tolist()
     tids = faces.track_id.tolist()
     probs = result.emotions.probs.tolist()
     smooth = result.smoothed.probs.tolist()
-    common = {
-        "timestamp": rfc3339(frame.wall_ts),
-        "pts": None if frame.pts is None else round(float(frame.pts), 6),
-        "frame_num": frame.frame_num,
-        "stream_id": frame.stream_id,
-        "session_id": ctx.session_id,
-        "worker_id": ctx.worker_id,
-        "frame": {"width": frame.width, "height": frame.height},
-    }
+    timestamp = rfc3339(frame.wall_ts)
+    pts = None if frame.pts is None else round(float(frame.pts), 6)
     latency = _latency_ms(result, now)
     out = []
     for i, tid in enumerate(tids):
         label, score = _label(probs[i])
         s_label, s_score = _label(smooth[i])
-        event: dict[str, Any] = {
+        event: FaceEvent = {
             "schema": SCHEMA_ID,
             "type": "face",
             "event_id": face_event_id(frame.stream_id, frame.frame_num, int(tid), i),
-            **common,
+            "timestamp": timestamp,
+            "pts": pts,
+            "frame_num": frame.frame_num,
+            "stream_id": frame.stream_id,
+            "session_id": ctx.session_id,
+            "worker_id": ctx.worker_id,
+            "frame": {"width": frame.width, "height": frame.height},
             "track_id": int(tid),
             "bbox": [float(v) for v in boxes[i]],
             "det_score": round(float(scores[i]), _SCORE),
@@ -156,7 +259,7 @@ def face_events(
 
 def track_end_event(
     stream_id: str, track_id: int, summary: TrackSummary, ctx: EventContext
-) -> dict[str, Any]:
+) -> TrackEndEvent:
     """A track left the view (or its stream ended): its span, dwell time and label counts."""
     counts = {name: int(summary.labels.get(name, 0)) for name in EMOTIONS}
     dominant = max(EMOTIONS, key=lambda n: counts[n]) if summary.faces else None
@@ -189,7 +292,7 @@ def stream_end_event(
     ctx: EventContext,
     error: str | None = None,
     now: float | None = None,
-) -> dict[str, Any]:
+) -> StreamEndEvent:
     """A stream stopped: decoded frame count, why (eof, stopped, removed, error, ...)."""
     return {
         "schema": SCHEMA_ID,

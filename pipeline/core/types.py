@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.core.enums import ColourOrder
+
 #: FER-2013 class order, used everywhere (model outputs, events, Redis, training).
 EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_EMOTIONS = len(EMOTIONS)
@@ -161,3 +163,23 @@ class TrackSummary:
         self.last_frame, self.last_ts, self.last_pts = frame.frame_num, frame.wall_ts, frame.pts
         self.faces += 1
         self.labels[label] += 1
+
+
+@dataclass(frozen=True, slots=True)
+class CropSpec:
+    """What alignment must produce for the classifier: ``height`` x ``width`` (not necessarily
+    square) in ``colour`` order; uint8 (n, H, W) for gray, (n, H, W, 3) for RGB/BGR."""
+
+    height: int
+    width: int
+    colour: ColourOrder = ColourOrder.GRAY
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"CropSpec size must be positive, got {self.height}x{self.width}")
+
+    def shape(self, n: int) -> tuple[int, ...]:
+        """The uint8 array shape of ``n`` crops."""
+        if self.colour is ColourOrder.GRAY:
+            return (n, self.height, self.width)
+        return (n, self.height, self.width, 3)

@@ -351,7 +351,10 @@ class VideoSource:
     def _av_options(self) -> dict[str, str]:
         s = self.settings
         if self.spec.kind is SourceKind.RTSP:
-            return {"rtsp_transport": s.rtsp_transport, "timeout": str(int(s.read_timeout_s * 1e6))}
+            return {
+                "rtsp_transport": str(s.rtsp_transport),
+                "timeout": str(int(s.read_timeout_s * 1e6)),
+            }
         if self.spec.kind in (SourceKind.HTTP, SourceKind.RTMP):
             return {"rw_timeout": str(int(s.read_timeout_s * 1e6))}
         return {}

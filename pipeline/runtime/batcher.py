@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.base import Engine
+from pipeline.runtime.stats import BatcherStats
 
 logger = logging.getLogger(__name__)
 
@@ -177,21 +178,21 @@ class MicroBatcher:
         self._q.put(_STOP)
         self._thread.join(timeout)
 
-    def stats(self) -> dict[str, float | int | bool]:
+    def stats(self) -> BatcherStats:
         with self._stats_lock:
             b = self._batches
-            return {
-                "enabled": self.enabled,
-                "max_batch": self.max_batch,
-                "batches": b,
-                "faces": self._faces,
-                "mean_batch": round(self._faces / b, 3) if b else 0.0,
-                "max_seen": self._max_seen,
-                "wait_ms_mean": round(1000 * self._wait_s / self._items, 3) if self._items else 0.0,
-                "infer_ms_mean": round(1000 * self._infer_s / b, 3) if b else 0.0,
-                "errors": self._errors,
-                "early_dispatch": self._early,
-            }
+            return BatcherStats(
+                enabled=self.enabled,
+                max_batch=self.max_batch,
+                batches=b,
+                faces=self._faces,
+                mean_batch=round(self._faces / b, 3) if b else 0.0,
+                max_seen=self._max_seen,
+                wait_ms_mean=round(1000 * self._wait_s / self._items, 3) if self._items else 0.0,
+                infer_ms_mean=round(1000 * self._infer_s / b, 3) if b else 0.0,
+                errors=self._errors,
+                early_dispatch=self._early,
+            )
 
     # ------------------------------------------------------------------ owner thread
     def _loop(self) -> None:

@@ -9,13 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.core import events as ev
 from pipeline.core.config import TrackerSettings
-from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.runtime.stats import StreamStats
 from pipeline.stages.align import align_faces
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.track import Tracker
@@ -47,7 +48,7 @@ class StreamParts:
     detector: FaceDetector
     batcher: MicroBatcher
     publisher: Publisher
-    crop_size: int
+    crop: CropSpec
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
@@ -129,16 +130,16 @@ class StreamRunner:
         faces, ended = self._tracker.update(faces)
         probs = np.zeros((0, len(EMOTIONS)), np.float32)
         if len(faces):
-            crops = align_faces(frame.image, faces, self._p.crop_size)
+            crops = align_faces(frame.image, faces, self._p.crop)
             probs = self._p.batcher.submit(crops).result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
         smoothed = self._smoother.update(faces, emotions)
         result = FrameResult(frame, faces, emotions, smoothed, tuple(ended))
         self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
-        out = ev.face_events(result, self.ctx)
+        out: list[ev.Event] = [*ev.face_events(result, self.ctx)]
         out += self._track_end_events(ended)
-        self._p.publisher.put(out, frame.decoded_at)
+        self._p.publisher.put(ev.records(out), frame.decoded_at)
         self._last_frame = frame
         return result
 
@@ -159,9 +160,9 @@ class StreamRunner:
                 c.tracks += 1
             summary.add(result.frame, label)
 
-    def _track_end_events(self, ended: list[int] | tuple[int, ...]) -> list[dict[str, Any]]:
+    def _track_end_events(self, ended: list[int] | tuple[int, ...]) -> list[ev.Event]:
         self._smoother.forget(list(ended))
-        out = []
+        out: list[ev.Event] = []
         for tid in ended:
             summary = self._tracks.pop(tid, None)
             if summary is not None:
@@ -174,27 +175,27 @@ class StreamRunner:
         out.append(
             ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
         )
-        self._p.publisher.put(out, None)
+        self._p.publisher.put(ev.records(out), None)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StreamStats:
         c = self.counters
         src = self.source.stats()
         elapsed = max(time.time() - c.started_at, 1e-6)
-        return {
-            "stream_id": self.stream_id,
-            "url": self.spec.display,
-            "decoded": src.decoded,
-            "dropped": src.dropped,
-            "reconnects": src.reconnects,
-            "processed": c.processed,
-            "faces": c.faces,
-            "tracks": c.tracks,
-            "emotions": dict(c.labels),
-            "fps": c.processed / elapsed,
-            "faces_per_s": c.faces / elapsed,
-            "detect_ms_mean": c.detect_ms / max(c.processed, 1),
-            "infer_ms_mean": c.infer_ms / max(c.processed, 1),
-            "done": self.done,
-            "end_reason": self.end_reason,
-            "error": self.error,
-        }
+        return StreamStats(
+            stream_id=self.stream_id,
+            url=self.spec.display,
+            decoded=src.decoded,
+            dropped=src.dropped,
+            reconnects=src.reconnects,
+            processed=c.processed,
+            faces=c.faces,
+            tracks=c.tracks,
+            emotions=dict(c.labels),
+            fps=c.processed / elapsed,
+            faces_per_s=c.faces / elapsed,
+            detect_ms_mean=c.detect_ms / max(c.processed, 1),
+            infer_ms_mean=c.infer_ms / max(c.processed, 1),
+            done=self.done,
+            end_reason=self.end_reason,
+            error=self.error,
+        )

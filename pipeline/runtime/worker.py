@@ -20,6 +20,7 @@ from pipeline.core.config import (
 )
 from pipeline.core.errors import ConfigError
 from pipeline.runtime.publisher import Publisher
+from pipeline.runtime.stats import WorkerStats
 from pipeline.runtime.stream import StreamParts, StreamRunner
 from pipeline.sinks.base import Sink
 
@@ -105,17 +106,17 @@ class Worker:
             runners = list(self._streams.values()) + self._finished
         return {r.stream_id: r.error for r in runners if r.error}
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> WorkerStats:
         with self._lock:
             runners = list(self._streams.values())
         pub = self._parts.publisher.stats()
-        return {
-            "worker_id": self.settings.worker_id,
-            "streams": {r.stream_id: r.stats() for r in runners},
-            "batcher": self._parts.batcher.stats(),
-            "events": pub.events,
-            "sink_errors": pub.sink_errors,
-        }
+        return WorkerStats(
+            worker_id=self.settings.worker_id,
+            streams={r.stream_id: r.stats() for r in runners},
+            batcher=self._parts.batcher.stats(),
+            events=pub.events,
+            sink_errors=dict(pub.sink_errors),
+        )
 
     def stop(self, reason: str = "shutdown", timeout: float = 30.0) -> None:
         """Stop every stream, then drain the publisher and flush every sink (raises SinkError
@@ -156,7 +157,7 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         detector=detector,
         batcher=batcher,
         publisher=Publisher(sinks),
-        crop_size=spec.height,
+        crop=spec.crop,
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
         engine_close=engine.close,

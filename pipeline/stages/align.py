@@ -1,4 +1,5 @@
-"""5-point similarity alignment of faces to the classifier's input (gray crops).
+"""5-point similarity alignment of faces to the classifier's input (size and colour from its
+``InputSpec.crop``: gray, RGB or BGR; square or not).
 
 The five landmarks (eyes, nose, mouth corners) are mapped by a least-squares similarity
 transform (Umeyama) onto a canonical template scaled to the output size, so every crop has
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.core.types import Faces
+from pipeline.core.enums import ColourOrder
+from pipeline.core.types import CropSpec, Faces
 
 #: ArcFace's 112x112 five-point template, the canonical face layout InsightFace aligns to.
 _TEMPLATE_112 = np.array(
@@ -26,11 +28,19 @@ _TEMPLATE_112 = np.array(
 )
 
 
-def template(size: int, margin: float = 0.15) -> npt.NDArray[np.float32]:
-    """The template for a ``size`` x ``size`` crop, zoomed out by ``margin`` so that brows and
-    chin (which FER-2013 crops include) stay inside."""
+def template(size: int | tuple[int, int], margin: float = 0.15) -> npt.NDArray[np.float32]:
+    """The template for a ``size`` (square side, or (height, width)) crop, zoomed out by
+    ``margin`` so that brows and chin (which FER-2013 crops include) stay inside.
+
+    A non-square crop scales the 112x112 layout to its shorter side and centres it along the
+    longer one, so the face keeps its proportions."""
+    h, w = (size, size) if isinstance(size, int) else size
     t = (_TEMPLATE_112 - 56.0) * (1.0 - margin) + 56.0
-    return (t * (size / 112.0)).astype(np.float32)
+    t = (t * (min(h, w) / 112.0)).astype(np.float32)
+    if h != w:
+        side = min(h, w)
+        t += np.array([(w - side) / 2.0, (h - side) / 2.0], np.float32)
+    return t
 
 
 def similarity(
@@ -54,17 +64,32 @@ def similarity(
 
 
 def align_faces(
-    image_bgr: npt.NDArray[np.uint8], faces: Faces, size: int = 64, margin: float = 0.15
+    image_bgr: npt.NDArray[np.uint8],
+    faces: Faces,
+    crop: CropSpec | int = 64,
+    margin: float = 0.15,
 ) -> npt.NDArray[np.uint8]:
-    """Aligned gray crops (n, size, size) uint8 for every face, in order."""
-    out = np.zeros((len(faces), size, size), np.uint8)
+    """Aligned crops for every face, in order, as ``crop`` says: uint8 (n, H, W) gray, or
+    (n, H, W, 3) in RGB or BGR order. An int ``crop`` is a square gray crop of that side.
+
+    One warp per face: gray warps the gray frame; colour warps the BGR frame and reorders the
+    small crop's channels when RGB is wanted."""
+    spec = CropSpec(crop, crop) if isinstance(crop, int) else crop
+    out = np.zeros(spec.shape(len(faces)), np.uint8)
     if len(faces) == 0:
         return out
-    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
-    dst = template(size, margin)
+    src = (
+        cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+        if spec.colour is ColourOrder.GRAY
+        else image_bgr
+    )
+    dst = template((spec.height, spec.width), margin)
+    dsize = (spec.width, spec.height)
     for i in range(len(faces)):
         m = similarity(faces.kps[i].astype(np.float32), dst)
         out[i] = cv2.warpAffine(
-            gray, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            src, m, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
+    if spec.colour is ColourOrder.RGB:
+        out = np.ascontiguousarray(out[..., ::-1])
     return out

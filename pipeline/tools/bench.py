@@ -71,10 +71,8 @@ class _Progress(threading.Thread):
 
     def run(self) -> None:
         while not self.halt.wait(2.0):
-            st = self.worker.stats()["streams"].values()
-            done = sum(s["processed"] for s in st)
-            faces = sum(s["faces"] for s in st)
-            print(f"bench: {done} frames, {faces} faces processed", file=sys.stderr)
+            st = self.worker.stats()
+            print(f"bench: {st.processed} frames, {st.faces} faces processed", file=sys.stderr)
 
 
 def run_bench(
@@ -103,10 +101,7 @@ def run_bench(
     worker.stop("eof")
     progress.halt.set()
     cpu1 = proc.cpu_times()
-    st = stats["streams"].values()
-    frames = sum(s["processed"] for s in st)
-    decoded = sum(s["decoded"] for s in st)
-    faces = sum(s["faces"] for s in st)
+    frames, decoded, faces = stats.processed, stats.decoded, stats.faces
     fps = frames / elapsed
     return {
         "source": base.display,
@@ -132,5 +127,5 @@ def run_bench(
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "decode_only": decode,
         "ratio_to_decode": round(fps / streams / max(decode["frames_per_s"], 1e-9), 4),
-        "batcher": stats["batcher"],
+        "batcher": None if stats.batcher is None else stats.batcher.as_dict(),
     }

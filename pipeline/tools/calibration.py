@@ -55,7 +55,7 @@ def crops_from_video(
             img = np.asarray(frame.to_ndarray(format="bgr24"), np.uint8)
             faces = detector.detect(img)
             if len(faces):
-                crops.append(align_faces(img, faces, spec.height))
+                crops.append(align_faces(img, faces, spec.crop))
                 n += len(faces)
             if n >= limit:
                 break

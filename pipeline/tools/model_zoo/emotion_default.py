@@ -96,7 +96,7 @@ def sample_face_crops(detector_dir: Path | None) -> npt.NDArray[np.uint8]:
 
             faces = detector.detect(img)
             if len(faces):
-                crops.extend(np.asarray(c, np.uint8) for c in align_faces(img, faces, size=64))
+                crops.extend(np.asarray(c, np.uint8) for c in align_faces(img, faces, 64))
                 continue
         h, w = img.shape[:2]
         s = min(h, w)

@@ -1,0 +1,92 @@
+"""Typed snapshots of what a worker has done: one stream, the micro-batcher, the whole worker.
+
+Read by the run summary (``pipeline.cli.run``), the benchmark (``pipeline.tools.bench``) and
+the Prometheus collector (``pipeline.control.metrics``) by attribute, not by string key;
+``as_dict()`` gives the JSON form.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStats:
+    """One stream since it started."""
+
+    stream_id: str
+    url: str
+    decoded: int
+    dropped: int
+    reconnects: int
+    processed: int
+    faces: int
+    tracks: int
+    emotions: dict[str, int]
+    fps: float
+    faces_per_s: float
+    detect_ms_mean: float
+    infer_ms_mean: float
+    done: bool
+    end_reason: str
+    error: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class BatcherStats:
+    """The shared cross-stream micro-batcher since the worker started."""
+
+    enabled: bool
+    max_batch: int
+    batches: int
+    faces: int
+    mean_batch: float
+    max_seen: int
+    wait_ms_mean: float
+    infer_ms_mean: float
+    errors: int
+    early_dispatch: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """The worker: its live streams, the batcher, events handed to the sinks, sink errors."""
+
+    worker_id: str
+    streams: dict[str, StreamStats] = field(default_factory=dict)
+    batcher: BatcherStats | None = None
+    events: int = 0
+    sink_errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        return sum(s.processed for s in self.streams.values())
+
+    @property
+    def decoded(self) -> int:
+        return sum(s.decoded for s in self.streams.values())
+
+    @property
+    def faces(self) -> int:
+        return sum(s.faces for s in self.streams.values())
+
+    @property
+    def tracks(self) -> int:
+        return sum(s.tracks for s in self.streams.values())
+
+    def emotions(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for s in self.streams.values():
+            total.update(s.emotions)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
