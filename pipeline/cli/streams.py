@@ -300,9 +300,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     health = None
     if args.metrics_port >= 0:
-        health = HealthServer(
-            args.metrics_host, args.metrics_port, group.live, group.ready, metrics.render
-        ).start()
+        try:
+            health = HealthServer(
+                args.metrics_host, args.metrics_port, group.live, group.ready, metrics.render
+            ).start()
+        except ConfigError:  # port in use: one error line, exit 2, after releasing the worker
+            worker.stop("shutdown")
+            raise
     stop = threading.Event()
     _install_signals(stop)
     if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID: thread stacks to stderr (stuck streams)
