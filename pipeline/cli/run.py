@@ -46,6 +46,12 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--realtime", action="store_true", help="Pace files at their frame rate.")
     p.add_argument("--loop", action="store_true", help="Replay files forever (stop with Ctrl-C).")
     p.add_argument(
+        "--max-decode-errors",
+        type=int,
+        help="Give up a stream after N consecutive undecodable packets / corrupt frames"
+        " (each is skipped and counted; default 100).",
+    )
+    p.add_argument(
         "--stream-id", action="append", default=[], help="Stream id per source, in order."
     )
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
@@ -111,6 +117,11 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
                 "realtime": args.realtime,
                 "loop": args.loop,
             }
+            | (
+                {"max_decode_errors": args.max_decode_errors}
+                if args.max_decode_errors is not None
+                else {}
+            )
         )
         emotion = s.emotion.model_copy(
             update={"backend": args.backend, "precision": args.precision}

@@ -193,9 +193,7 @@ class StreamRunner:
         for tid in ended:
             summary = self._tracks.pop(tid, None)
             if summary is not None:
-                out.append(
-                    ev.track_end_event(self.stream_id, tid, summary, self.ctx, self._epoch)
-                )
+                out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx, self._epoch))
         return out
 
     def _finish(self) -> None:
