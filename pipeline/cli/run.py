@@ -117,11 +117,7 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
                 "realtime": args.realtime,
                 "loop": args.loop,
             }
-            | (
-                {"max_decode_errors": args.max_decode_errors}
-                if args.max_decode_errors is not None
-                else {}
-            )
+            | _max_decode_errors(args)
         )
         emotion = s.emotion.model_copy(
             update={"backend": args.backend, "precision": args.precision}
@@ -143,6 +139,11 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
         return WorkerSettings.model_validate(s.model_dump())
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}".replace("\n", " ")) from exc
+
+
+def _max_decode_errors(args: argparse.Namespace) -> dict[str, Any]:
+    n = getattr(args, "max_decode_errors", None)  # `worker` has no such flag
+    return {} if n is None else {"max_decode_errors": n}
 
 
 def _sink_specs(args: argparse.Namespace) -> list[str]:
