@@ -299,8 +299,9 @@ def test_run_camera_down_at_start_is_retried_until_it_comes_up(
     events = _read_jsonl(out)
     faces = [e for e in events if e["type"] == "face"]
     assert rc == 0 and time.monotonic() - t0 >= 19.0
-    assert summary["per_stream"]["late"]["processed"] == 25
-    assert len(faces) >= 100 and {e["epoch"] for e in faces} != {0}
+    late = summary["per_stream"]["late"]
+    assert late["decoded"] == 25 and late["processed"] >= 5  # live: the queue drops the oldest
+    assert len(faces) >= 5 * late["processed"] and 0 not in {e["epoch"] for e in faces}
 
 
 @pytest.mark.slow
