@@ -440,7 +440,7 @@ class VideoSource:
             # packets; without this flag the decoder takes each packet for a whole frame and
             # multi-slice frames come out with parts missing.
             stream.codec_context.flags2 |= av.codec.context.Flags2.chunks
-        if self.spec.kind is SourceKind.FILE:
+        if not self.spec.is_live:  # live sources set it in _run_live, with their epoch
             self._set_state(SourceState.RUNNING)
         return container, stream
 
