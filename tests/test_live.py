@@ -580,3 +580,82 @@ def test_run_cli_bad_emotion_model_exits_2_with_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: emotion model ")
     assert "eight.onnx" in err[0]
+
+
+@pytest.mark.slow
+def test_worker_cli_camera_down_at_start_retried_visible_then_events(
+    kafka_broker: Any, sample_clip: Path, models_dir: Path, tmp_path: Path, _gst_available: None
+) -> None:
+    """The `worker` command (consumer group, control topic): a stream whose camera is down
+    is listed as connecting with its reason in /readyz, then its events reach Kafka."""
+    from tests.test_scaleout import Seen, Workers, _cli, _follow
+
+    tag = f"{time.monotonic_ns() % 10**9}"
+    control, topic = f"ctl-{tag}", f"events-{tag}"
+    kafka = ["--kafka", kafka_broker.bootstrap, "--control-topic", control]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"source": {"reconnect_max_s": 2.0, "open_timeout_s": 3.0}}))
+    server = RtspServer(sample_clip, port=free_port())
+    workers, seen, stop = Workers(tmp_path), Seen(), threading.Event()
+    follower = threading.Thread(
+        target=_follow, args=(kafka_broker.bootstrap, topic, seen, stop), daemon=True
+    )
+    timer: threading.Timer | None = None
+    try:
+        workers.start(
+            "w0",
+            [
+                *kafka,
+                "--topic",
+                topic,
+                "--group",
+                f"g-{tag}",
+                "--models",
+                str(models_dir),
+                "--metrics-port",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--session-timeout-ms",
+                "3000",
+                "--heartbeat-ms",
+                "500",
+                "--max-poll-interval-ms",
+                "10000",
+                "--backend",
+                "onnxruntime",
+                "--config",
+                str(cfg),
+            ],
+        )
+        r = _cli("streams", "add", "late", server.url, "--every", "3", *kafka)
+        assert r.returncode == 0, r.stderr
+        timer = _start_later(server, 20.0)
+        follower.start()
+
+        def state() -> dict[str, Any]:
+            ready = workers.ready("w0") or {}
+            return dict(ready.get("stream_states", {}).get("late", {}))
+
+        wait_until(
+            lambda: state().get("state") == "connecting" and bool(state().get("reason")),
+            40,
+            lambda: f"a connecting stream in /readyz: {state()} {workers.dead_report()}",
+        )
+        assert "refused" in state()["reason"] and "127.0.0.1" in state()["reason"]
+        wait_until(
+            lambda: len(seen.owners(0.0).get("late", ())) > 0 and state().get("state") == "running",
+            90,
+            lambda: f"events of the late camera: {state()} {workers.dead_report()}",
+        )
+        faces = [r for r in seen.since(0.0) if r[1] == "late" and r[3] == "face"]
+        assert len(faces) >= 6 and len({r[4] for r in faces}) == len(faces)
+    finally:
+        stop.set()
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+        workers.stop_all()
+        server.stop()
+        if follower.is_alive():
+            follower.join(10)
