@@ -214,11 +214,20 @@ def load_engine(
         precision,
         max_batch,
     )
+    from engines.validate import check_onnx_io, probe
+
+    if model.suffix.lower() == ".onnx":
+        check_onnx_io(model)  # refuse a non-emotion model with one line, before loading it
     cls = backend_class(name)
     kwargs: dict[str, Any] = {"precision": precision, "max_batch": max_batch, "device": device}
     if config is not None:
         kwargs["config"] = config
     engine = cls(model, **kwargs)  # type: ignore[call-arg]
+    try:
+        probe(engine, model)  # any backend: (n, 7) finite scores for an image batch
+    except BaseException:
+        engine.close()
+        raise
     if warmup:
         engine.warmup(tuple(sorted({1, max_batch})))
     return engine

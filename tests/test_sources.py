@@ -488,7 +488,8 @@ def test_source_rtsp_unreachable_port_is_one_line_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again below: nothing listens there
     src = VideoSource(
-        parse_source(f"rtsp://u:pw@127.0.0.1:{port}/cam"), rtsp_settings(open_timeout_s=2.0)
+        parse_source(f"rtsp://u:pw@127.0.0.1:{port}/cam"),
+        rtsp_settings(open_timeout_s=2.0, reconnect_attempts=0),  # a first open is retried too
     )
     t0 = time.monotonic()
     assert drain(src, timeout=10) == []
@@ -501,7 +502,7 @@ def test_source_rtsp_unreachable_port_is_one_line_error() -> None:
 def test_source_rtsp_silent_server_times_out(silent_port: int) -> None:
     src = VideoSource(
         parse_source(f"rtsp://127.0.0.1:{silent_port}/cam"),
-        rtsp_settings(open_timeout_s=1.0, read_timeout_s=1.0),
+        rtsp_settings(open_timeout_s=1.0, read_timeout_s=1.0, reconnect_attempts=0),
     )
     t0 = time.monotonic()
     assert drain(src, timeout=10) == []

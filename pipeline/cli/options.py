@@ -89,6 +89,12 @@ SOURCE = (
         "Full-queue policy of live sources.",
         choices=[p.value for p in DropPolicy],
     ),
+    Opt(
+        "--max-decode-errors",
+        "source.max_decode_errors",
+        "Give up a stream after N consecutive undecodable packets / corrupt frames (each is skipped and counted).",
+        int,
+    ),
     *DECODE,
 )
 SINKS = (

@@ -172,7 +172,9 @@ def render_summary(s: RunSummary) -> str:
         f"{'stream':<28} {'frames':>7} {'proc':>6} {'faces':>6} {'tracks':>6} {'fps':>7}  status",
     ]
     for sid, st in s.per_stream.items():
-        status = st.error or st.end_reason
+        status = st.error or (st.end_reason if st.end_reason != "running" else st.state)
+        if st.decode_errors:
+            status += f" ({st.decode_errors} decode errors skipped)"
         lines.append(
             f"{sid[:28]:<28} {st.decoded:>7} {st.processed:>6} {st.faces:>6} "
             f"{st.tracks:>6} {st.fps:>7.1f}  {status}"

@@ -59,9 +59,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     group = GroupRunner(worker, kafka, s.group, s.worker_id, s.group.media_root, s.source, metrics)
     health = None
     if s.metrics.port >= 0:
-        health = HealthServer(
-            s.metrics.host, s.metrics.port, group.live, group.ready, metrics.render
-        ).start()
+        try:
+            health = HealthServer(
+                s.metrics.host, s.metrics.port, group.live, group.ready, metrics.render
+            ).start()
+        except ConfigError:  # port in use: one error line, exit 2, after releasing the worker
+            worker.stop("shutdown")
+            raise
     stop = threading.Event()
     _install_signals(stop)
     if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID: thread stacks to stderr (stuck streams)

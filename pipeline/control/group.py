@@ -95,6 +95,9 @@ class GroupRunner:
                 "streams": sorted(self._running),
             }
         )
+        states = getattr(self.host, "stream_states", None)
+        if callable(states):  # connecting / running / reconnecting / failed (with the reason)
+            detail["stream_states"] = states()
         return ok and self.assignments > 0, detail
 
     # ------------------------------------------------------------------ loop

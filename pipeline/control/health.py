@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
@@ -10,9 +11,25 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from pipeline.core.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 CheckFn = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    """One line for a port that cannot be bound, naming the flag that changes it."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "is already in use (another worker on this host?)"
+    elif exc.errno == errno.EACCES:
+        why = "needs privileges"
+    else:
+        why = f"cannot be bound ({exc.strerror or exc})"
+    return (
+        f"metrics port {port} on {host} {why}: pass another --metrics-port"
+        " (or ES_METRICS_PORT; 0: any free port, -1: off)"
+    )
 
 
 class HealthServer:
@@ -55,7 +72,10 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("http: %s", format % args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise ConfigError(_bind_error(host, port, exc)) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health-http", daemon=True

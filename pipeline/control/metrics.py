@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from pipeline.runtime.stats import WorkerStats
+from pipeline.runtime.stats import StreamStats, WorkerStats
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,11 @@ _STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
     "processed": ("frames_processed", "Frames run through detection and classification.", True),
     "dropped": ("frames_dropped", "Frames dropped by the source queue's drop policy.", True),
     "reconnects": ("reconnects", "Reconnects of a live source.", True),
+    "decode_errors": (
+        "decode_errors",
+        "Undecodable packets and corrupt frames skipped per stream.",
+        True,
+    ),
     "faces": ("faces", "Faces classified per stream.", True),
     "tracks": ("tracks", "Tracks started per stream.", True),
     "fps": ("frames_per_second", "Processed frames per second since the stream started.", False),
@@ -39,6 +44,24 @@ _STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
         False,
     ),
 }
+
+
+#: Stream states (``StreamRunner.state``), exported enum-style: 1 for the current one.
+STREAM_STATES = ("connecting", "running", "reconnecting", "failed", "ended")
+
+
+def _state_family(streams: dict[str, StreamStats]) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(
+        f"{PREFIX}_stream_state",
+        "Stream state: 1 for the state the stream is in (connecting, running, reconnecting,"
+        " failed, ended), 0 for the others.",
+        labels=["stream", "state"],
+    )
+    for sid, s in streams.items():
+        current = s.state
+        for state in STREAM_STATES:
+            fam.add_metric([sid, state], 1.0 if state == current else 0.0)
+    return fam
 
 
 class WorkerCollector(Collector):
@@ -62,6 +85,7 @@ class WorkerCollector(Collector):
             for sid, s in st.streams.items():
                 fam.add_metric([sid], float(getattr(s, key)))
             yield fam
+        yield _state_family(st.streams)
         g = GaugeMetricFamily(f"{PREFIX}_assigned_streams", "Streams this worker runs now.")
         g.add_metric([], float(len(st.streams)))
         yield g

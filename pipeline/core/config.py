@@ -82,6 +82,12 @@ class SourceSettings(StrictModel):
         ge=0,
         description="Give up a live source after this many failed reconnects (None: never).",
     )
+    max_decode_errors: int = Field(
+        100,
+        ge=1,
+        description="Give up a stream after this many consecutive undecodable packets or"
+        " corrupt frames (each is skipped and counted as a decode error).",
+    )
 
 
 class DetectorSettings(StrictModel):

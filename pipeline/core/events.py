@@ -6,7 +6,9 @@ Three event types share one schema (``pipeline/schema/face-v1.json``, documented
 
 Event ids are UUIDv5, derived only from what identifies the event in the media
 (stream id, frame number, track id), so running the same file again with the same stream
-id yields the same ids, and consumers can de-duplicate replays by id.
+id yields the same ids, and consumers can de-duplicate replays by id. Live sources add their
+capture epoch (capture start in ms, see ``Frame.epoch``) to every id, so a restarted or moved
+live stream never repeats an id; files have epoch 0, which leaves their ids as they were.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
 
 import numpy as np
 
@@ -78,6 +80,7 @@ class FaceEvent(TypedDict):
     timestamp: str
     pts: float | None
     frame_num: int
+    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
@@ -99,6 +102,7 @@ class TrackEndEvent(TypedDict):
     type: Literal["track_end"]
     event_id: str
     timestamp: str
+    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
@@ -122,6 +126,7 @@ class StreamEndEvent(TypedDict):
     type: Literal["stream_end"]
     event_id: str
     timestamp: str
+    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
@@ -178,22 +183,30 @@ def parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
-def face_event_id(stream_id: str, frame_num: int, track_id: int, index: int = 0) -> str:
+def _epoch_suffix(epoch: int) -> str:
+    """Epoch 0 (files) adds nothing, so file ids stay what they always were."""
+    return f"\x1fe{epoch}" if epoch else ""
+
+
+def face_event_id(
+    stream_id: str, frame_num: int, track_id: int, index: int = 0, epoch: int = 0
+) -> str:
     """Deterministic id of a face event; an untracked face (track id < 0) uses its index."""
     key = (
         f"{stream_id}\x1f{frame_num}\x1f{track_id}"
         if track_id >= 0
         else f"{stream_id}\x1f{frame_num}\x1fi{index}"
     )
-    return str(uuid.uuid5(NS_FACE, key))
+    return str(uuid.uuid5(NS_FACE, key + _epoch_suffix(epoch)))
 
 
-def track_end_event_id(stream_id: str, track_id: int, first_frame: int) -> str:
-    return str(uuid.uuid5(NS_TRACK_END, f"{stream_id}\x1f{track_id}\x1f{first_frame}"))
+def track_end_event_id(stream_id: str, track_id: int, first_frame: int, epoch: int = 0) -> str:
+    key = f"{stream_id}\x1f{track_id}\x1f{first_frame}" + _epoch_suffix(epoch)
+    return str(uuid.uuid5(NS_TRACK_END, key))
 
 
-def stream_end_event_id(stream_id: str, frames: int) -> str:
-    return str(uuid.uuid5(NS_STREAM_END, f"{stream_id}\x1f{frames}"))
+def stream_end_event_id(stream_id: str, frames: int, epoch: int = 0) -> str:
+    return str(uuid.uuid5(NS_STREAM_END, f"{stream_id}\x1f{frames}" + _epoch_suffix(epoch)))
 
 
 def _probs_dict(row: list[float]) -> dict[str, float]:
@@ -236,10 +249,11 @@ def face_events(
         event: FaceEvent = {
             "schema": SCHEMA_ID,
             "type": "face",
-            "event_id": face_event_id(frame.stream_id, frame.frame_num, int(tid), i),
+            "event_id": face_event_id(frame.stream_id, frame.frame_num, int(tid), i, frame.epoch),
             "timestamp": timestamp,
             "pts": pts,
             "frame_num": frame.frame_num,
+            "epoch": frame.epoch,
             "stream_id": frame.stream_id,
             "session_id": ctx.session_id,
             "worker_id": ctx.worker_id,
@@ -258,16 +272,18 @@ def face_events(
 
 
 def track_end_event(
-    stream_id: str, track_id: int, summary: TrackSummary, ctx: EventContext
+    stream_id: str, track_id: int, summary: TrackSummary, ctx: EventContext, epoch: int = 0
 ) -> TrackEndEvent:
-    """A track left the view (or its stream ended): its span, dwell time and label counts."""
+    """A track left the view (or its stream ended): its span, dwell time and label counts.
+    ``epoch`` is the capture epoch of the track's frames."""
     counts = {name: int(summary.labels.get(name, 0)) for name in EMOTIONS}
     dominant = max(EMOTIONS, key=lambda n: counts[n]) if summary.faces else None
     return {
         "schema": SCHEMA_ID,
         "type": "track_end",
-        "event_id": track_end_event_id(stream_id, track_id, summary.first_frame),
+        "event_id": track_end_event_id(stream_id, track_id, summary.first_frame, epoch),
         "timestamp": rfc3339(summary.last_ts),
+        "epoch": epoch,
         "stream_id": stream_id,
         "session_id": ctx.session_id,
         "worker_id": ctx.worker_id,
@@ -292,13 +308,16 @@ def stream_end_event(
     ctx: EventContext,
     error: str | None = None,
     now: float | None = None,
+    epoch: int = 0,
 ) -> StreamEndEvent:
-    """A stream stopped: decoded frame count, why (eof, stopped, removed, error, ...)."""
+    """A stream stopped: decoded frame count, why (eof, stopped, removed, error, ...);
+    ``epoch`` is the last capture epoch of the stream (0 for files and never-opened sources)."""
     return {
         "schema": SCHEMA_ID,
         "type": "stream_end",
-        "event_id": stream_end_event_id(stream_id, frames),
+        "event_id": stream_end_event_id(stream_id, frames, epoch),
         "timestamp": rfc3339(time.time() if now is None else now),
+        "epoch": epoch,
         "stream_id": stream_id,
         "session_id": ctx.session_id,
         "worker_id": ctx.worker_id,

@@ -39,6 +39,9 @@ class Frame:
     image: npt.NDArray[np.uint8] = field(repr=False)
     #: time.time() when the decoder produced the frame; latency is measured from here.
     decoded_at: float = 0.0
+    #: Capture epoch: 0 for files (replays keep their ids), the capture's start time in ms
+    #: for live sources (each connection is a new capture), so ids never repeat.
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         img = self.image
@@ -46,6 +49,8 @@ class Frame:
             raise ValueError(f"Frame.image must be HxWx3 uint8 BGR, got {img.shape} {img.dtype}")
         if self.frame_num < 0:
             raise ValueError("Frame.frame_num must be >= 0")
+        if self.epoch < 0:
+            raise ValueError("Frame.epoch must be >= 0")
 
     @property
     def width(self) -> int:

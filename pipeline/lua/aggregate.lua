@@ -1,6 +1,8 @@
 -- Apply the face events of ONE frame of one stream to the session and track aggregates,
--- atomically and at most once: a per-(session, stream) high-water mark of frame_num makes a
--- replay of frames already applied a no-op.
+-- atomically and at most once: a per-(session, stream, epoch) high-water mark of frame_num
+-- makes a replay of frames already applied a no-op. data.stream is the stream's scope: the
+-- stream id for files (epoch 0), "STREAM@EPOCH" for a live capture (redis_agg.stream_scope),
+-- so a restarted or moved live stream starts a fresh mark and fresh track keys.
 --
 -- KEYS[1] session hash     KEYS[2] session track set   KEYS[3] high-water hash (stream -> frame)
 -- KEYS[4..] one track hash per face, in the order of the faces in ARGV[1]

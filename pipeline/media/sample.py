@@ -88,9 +88,16 @@ def _h264_encoder() -> str:
 
 
 def make_sample_clip(
-    out: Path, seconds: float = 4.0, fps: int = 25, size: tuple[int, int] = (960, 540)
+    out: Path,
+    seconds: float = 4.0,
+    fps: int = 25,
+    size: tuple[int, int] = (960, 540),
+    slices: int = 1,
 ) -> Path:
-    """Write the sample clip to ``out`` (H.264, yuv420p, MP4, a key frame every second)."""
+    """Write the sample clip to ``out`` (H.264, yuv420p, MP4, a key frame every second).
+
+    ``slices`` > 1 encodes every frame in that many slices (x264 ``slices=N``), as many IP
+    cameras do: over RTSP each slice then arrives in its own packet."""
     import av
 
     if seconds <= 0 or fps <= 0 or size[0] % 2 or size[1] % 2:
@@ -118,7 +125,8 @@ def make_sample_clip(
             stream.options = {
                 "preset": "veryfast",
                 "crf": "20",
-                "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0:threads=1",
+                "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0:bframes=0:threads=1"
+                + (f":slices={slices}" if slices > 1 else ""),
             }
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(render_frame(photo, i, n, size), format="bgr24")

@@ -66,15 +66,33 @@ class SourceSpec:
     display: str
 
 
+class SourceState(enum.StrEnum):
+    """Where a source stands: ``failed`` and ``ended`` are final."""
+
+    CONNECTING = "connecting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    FAILED = "failed"
+    ENDED = "ended"
+
+
 @dataclass(frozen=True, slots=True)
 class SourceStats:
-    """Counters of one source. ``fps`` is decoded frames per second since the first frame."""
+    """Counters of one source. ``fps`` is decoded frames per second since the first frame.
+
+    ``decode_errors`` counts packets the decoder refused and frames it flagged corrupt (each
+    skipped); ``epoch`` is the current capture's epoch (0 for files); ``reason`` says why the
+    source is reconnecting or failed."""
 
     decoded: int
     queued: int
     dropped: int
     reconnects: int
     fps: float
+    decode_errors: int = 0
+    state: SourceState = SourceState.CONNECTING
+    reason: str | None = None
+    epoch: int = 0
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -183,6 +201,11 @@ class _DoneError(Exception):
     """max_frames reached."""
 
 
+def _capture_epoch() -> int:
+    """A new live capture's epoch: its start time in ms (never 0, which marks files)."""
+    return max(1, int(time.time() * 1000))
+
+
 class VideoSource:
     """Decodes one ``SourceSpec`` on its own thread into a bounded queue of ``Frame``."""
 
@@ -205,6 +228,11 @@ class VideoSource:
         self._last_decode: float | None = None
         self._pts_offset = 0.0  # media seconds of earlier loops of a file
         self._file_t0: float | None = None
+        self._decode_errors = 0
+        self._bad_in_a_row = 0  # consecutive undecodable packets / corrupt frames
+        self._state = SourceState.CONNECTING
+        self._reason: str | None = None
+        self._epoch = 0
 
     # -- public API ----------------------------------------------------------------
 
@@ -246,7 +274,25 @@ class VideoSource:
                 if first is not None and last is not None and last > first
                 else 0.0
             )
-            return SourceStats(n, self._queued, self._dropped, self._reconnects, fps)
+            return SourceStats(
+                n,
+                self._queued,
+                self._dropped,
+                self._reconnects,
+                fps,
+                self._decode_errors,
+                self._state,
+                self._reason,
+                self._epoch,
+            )
+
+    @property
+    def state(self) -> SourceState:
+        return self._state
+
+    def _set_state(self, state: SourceState, reason: str | None = None) -> None:
+        with self._lock:
+            self._state, self._reason = state, reason
 
     # -- decode thread -------------------------------------------------------------
 
@@ -269,6 +315,10 @@ class VideoSource:
             )
             logger.debug("source %s: decoding failed", self.spec.display, exc_info=True)
         finally:
+            if self.error is not None:
+                self._set_state(SourceState.FAILED, str(self.error))
+            else:
+                self._set_state(SourceState.ENDED)
             self._finished.set()
 
     def _run_file(self) -> None:
@@ -299,16 +349,19 @@ class VideoSource:
             try:
                 container, stream = self._open()
             except SourceError as exc:
-                if not opened:
-                    raise
+                # never opened yet (camera down at start) or dropped: the same capped backoff
                 failures += 1
                 if s.reconnect_attempts is not None and failures > s.reconnect_attempts:
                     raise SourceError(
                         f"{exc} (gave up after {s.reconnect_attempts} reconnect attempts)"
                     ) from None
+                self._set_state(
+                    SourceState.RECONNECTING if opened else SourceState.CONNECTING, str(exc)
+                )
                 logger.warning(
-                    "source %s: reconnect attempt %s failed (%s); retrying in %.1fs",
+                    "source %s: %s attempt %s failed (%s); retrying in %.1fs",
                     self.spec.display,
+                    "reconnect" if opened else "connect",
                     failures,
                     exc,
                     delay,
@@ -316,6 +369,9 @@ class VideoSource:
                 self._sleep(delay)
                 delay = min(delay * 2.0, s.reconnect_max_s)
                 continue
+            with self._lock:
+                self._epoch = _capture_epoch()  # a new capture: ids never repeat an old one
+            self._set_state(SourceState.RUNNING)
             if opened:
                 with self._lock:
                     self._reconnects += 1
@@ -333,6 +389,7 @@ class VideoSource:
                 container.close()
             if self._decoded > decoded_before:
                 delay = s.reconnect_initial_s  # it worked for a while: start the backoff afresh
+            self._set_state(SourceState.RECONNECTING, reason)
             logger.warning(
                 "source %s: stream dropped (%s); reconnecting in %.1fs",
                 self.spec.display,
@@ -384,6 +441,13 @@ class VideoSource:
             )
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if self.spec.is_live:
+            # A live demuxer (RTSP: one packet per slice) may split an access unit over several
+            # packets; without this flag the decoder takes each packet for a whole frame and
+            # multi-slice frames come out with parts missing.
+            stream.codec_context.flags2 |= av.codec.context.Flags2.chunks
+        if not self.spec.is_live:  # live sources set it in _run_live, with their epoch
+            self._set_state(SourceState.RUNNING)
         return container, stream
 
     def _open_error(self, exc: Exception, elapsed: float) -> SourceError:
@@ -445,10 +509,10 @@ class VideoSource:
         mono0 = time.monotonic()
         first_pts: float | None = None
         last_pts = 0.0
-        start_count = self._decoded
+        start_count, start_errors = self._decoded, self._decode_errors
         try:
             for packet in container.demux(stream):
-                for vf in packet.decode():
+                for vf in self._decode_packet(packet):
                     pts = (
                         float(vf.pts * vf.time_base)
                         if vf.pts is not None and vf.time_base is not None
@@ -459,7 +523,7 @@ class VideoSource:
                     if pts is not None:
                         last_pts = pts
                     self._emit(vf, pts, opened_at, mono0, first_pts, live)
-        except (_StoppedError, _DoneError):
+        except (_StoppedError, _DoneError, _DroppedError, SourceError):
             raise
         except Exception as exc:
             if self._stop.is_set():
@@ -476,10 +540,51 @@ class VideoSource:
             raise _StoppedError
         if live:
             return "end of stream"
-        self._check_complete(stream, self._decoded - start_count)
+        if self._decode_errors == start_errors:  # skipped corrupt parts are counted already
+            self._check_complete(stream, self._decoded - start_count)
         fps = float(stream.average_rate) if stream.average_rate else 0.0
         self._pts_offset += last_pts - (first_pts or 0.0) + (1.0 / fps if fps > 0 else 0.0)
         return "end of file"
+
+    def _decode_packet(self, packet: Any) -> list[Any]:
+        """The good frames of one packet: a packet the decoder refuses and a frame it flags
+        corrupt are skipped and counted; too many in a row end the stream (SourceError) or,
+        for a live source, its connection (it reconnects)."""
+        import av
+
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            if isinstance(exc, av.error.EOFError):
+                raise
+            self._bad(f"undecodable packet ({_why(exc, self.spec)})")
+            return []
+        good = []
+        for vf in frames:
+            if vf.is_corrupt:
+                self._bad("corrupt frame")
+                continue
+            self._bad_in_a_row = 0
+            good.append(vf)
+        return good
+
+    def _bad(self, what: str) -> None:
+        with self._lock:
+            self._decode_errors += 1
+            self._bad_in_a_row += 1
+            n, total = self._bad_in_a_row, self._decode_errors
+        logger.debug("source %s: skipped %s (decode errors: %s)", self.spec.display, what, total)
+        limit = self.settings.max_decode_errors
+        if n < limit:
+            return
+        self._bad_in_a_row = 0
+        msg = (
+            f"{self.spec.display}: {n} decode errors in a row (last: {what}) after"
+            f" {self._decoded} good frames (max_decode_errors={limit})"
+        )
+        if self.spec.is_live:
+            raise _DroppedError(msg)
+        raise SourceError(f"{msg}: re-encode or re-copy the file")
 
     def _check_complete(self, stream: av.video.stream.VideoStream, decoded: int) -> None:
         expected = int(stream.frames or 0)
@@ -523,7 +628,15 @@ class VideoSource:
             if s.realtime and rel is not None:
                 self._sleep(max(0.0, mono0 + rel - time.monotonic()))
         if frame_num % s.every == 0:
-            frame = Frame(self.spec.stream_id, frame_num, out_pts, wall_ts, image, decoded_at=now)
+            frame = Frame(
+                self.spec.stream_id,
+                frame_num,
+                out_pts,
+                wall_ts,
+                image,
+                decoded_at=now,
+                epoch=self._epoch,
+            )
             self._put(frame, live)
         if s.max_frames is not None and self._decoded >= s.max_frames:
             raise _DoneError

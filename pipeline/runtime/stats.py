@@ -21,6 +21,10 @@ class StreamStats:
     decoded: int
     dropped: int
     reconnects: int
+    decode_errors: int
+    epoch: int
+    state: str
+    state_reason: str | None
     processed: int
     faces: int
     tracks: int

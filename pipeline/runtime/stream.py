@@ -70,6 +70,7 @@ class StreamRunner:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._last_frame: Frame | None = None
+        self._epoch = 0  # capture epoch of the frames processed last (0: files)
         self.counters = StreamCounters()
         self.error: str | None = None
         self.end_reason = "running"
@@ -97,6 +98,15 @@ class StreamRunner:
     def done(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def state(self) -> str:
+        """connecting, running, reconnecting, failed (see ``error``) or ended."""
+        if self.error:
+            return "failed"
+        if self.done:
+            return "ended"
+        return str(self.source.state)
+
     def _run(self) -> None:
         try:
             self._loop()
@@ -108,7 +118,15 @@ class StreamRunner:
             try:
                 self._finish()
             finally:
+                self._release()
                 self._done.set()
+
+    def _release(self) -> None:
+        """Drop what a stopped stream holds (its last frame, tracker state); counters stay."""
+        self._last_frame = None
+        self._tracker = Tracker(self._p.tracker)
+        self._smoother = EmaSmoother(self._p.smoothing_alpha)
+        self._tracks.clear()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -124,6 +142,8 @@ class StreamRunner:
             self.end_reason = "error" if self.error else "eof"
 
     def process(self, frame: Frame) -> FrameResult:
+        if frame.epoch != self._epoch:
+            self._new_capture(frame.epoch)
         t0 = time.perf_counter()
         faces = self._p.detector.detect(frame.image)
         t1 = time.perf_counter()
@@ -142,6 +162,14 @@ class StreamRunner:
         self._p.publisher.put(ev.records(out), frame.decoded_at)
         self._last_frame = frame
         return result
+
+    def _new_capture(self, epoch: int) -> None:
+        """A live source reconnected (new capture epoch): the old capture's tracks end, so no
+        track (or its Redis key) spans two captures."""
+        ended = self._tracker.end_all()
+        if ended:
+            self._p.publisher.put(ev.records(self._track_end_events(ended)), None)
+        self._epoch = epoch
 
     def _account(self, result: FrameResult, detect_ms: float, infer_ms: float) -> None:
         c = self.counters
@@ -166,14 +194,16 @@ class StreamRunner:
         for tid in ended:
             summary = self._tracks.pop(tid, None)
             if summary is not None:
-                out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx))
+                out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx, self._epoch))
         return out
 
     def _finish(self) -> None:
         out = self._track_end_events(self._tracker.end_all())
         frames = self.source.stats().decoded
         out.append(
-            ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
+            ev.stream_end_event(
+                self.stream_id, frames, self.end_reason, self.ctx, self.error, epoch=self._epoch
+            )
         )
         self._p.publisher.put(ev.records(out), None)
 
@@ -187,6 +217,10 @@ class StreamRunner:
             decoded=src.decoded,
             dropped=src.dropped,
             reconnects=src.reconnects,
+            decode_errors=src.decode_errors,
+            epoch=src.epoch,
+            state=self.state,
+            state_reason=self.error if self.error else src.reason,
             processed=c.processed,
             faces=c.faces,
             tracks=c.tracks,

@@ -26,6 +26,9 @@ from pipeline.sinks.base import Sink
 
 logger = logging.getLogger(__name__)
 
+#: Errors of removed streams kept for ``failed_streams`` (oldest forgotten first).
+MAX_REMEMBERED_ERRORS = 256
+
 
 class Worker:
     """Runs streams; ``add_stream``/``remove_stream`` may be called at any time."""
@@ -35,7 +38,9 @@ class Worker:
         self._parts = parts
         self._ctx = ctx
         self._streams: dict[str, StreamRunner] = {}
-        self._finished: list[StreamRunner] = []
+        # removed streams leave only their error line behind, never their runner (memory stays
+        # flat under churn)
+        self._removed_errors: dict[str, str] = {}
         self._lock = threading.Lock()
         self._started = False
         self._closed = False
@@ -82,7 +87,12 @@ class Worker:
         runner.stop(reason)
         if not runner.join(timeout):
             logger.warning("stream %s: did not stop within %.0f s", stream_id, timeout)
-        self._finished.append(runner)
+        if runner.error:
+            with self._lock:
+                self._removed_errors.pop(stream_id, None)
+                self._removed_errors[stream_id] = runner.error
+                while len(self._removed_errors) > MAX_REMEMBERED_ERRORS:
+                    del self._removed_errors[next(iter(self._removed_errors))]
         self.flush()
 
     def flush(self) -> None:
@@ -101,10 +111,22 @@ class Worker:
                 return
             time.sleep(poll_s)
 
+    def stream_states(self) -> dict[str, dict[str, Any]]:
+        """stream id -> {state, reason} (connecting, running, reconnecting, failed, ended)."""
+        with self._lock:
+            runners = list(self._streams.values())
+        out = {}
+        for r in runners:
+            st = r.stats()
+            out[r.stream_id] = {"state": st.state, "reason": st.state_reason}
+        return out
+
     def failed_streams(self) -> dict[str, str]:
         with self._lock:
-            runners = list(self._streams.values()) + self._finished
-        return {r.stream_id: r.error for r in runners if r.error}
+            out = dict(self._removed_errors)
+            runners = list(self._streams.values())
+        out.update({r.stream_id: r.error for r in runners if r.error})
+        return out
 
     def stats(self) -> WorkerStats:
         with self._lock:

@@ -6,9 +6,13 @@ Keys (``P`` = key prefix, ``S`` = session id):
 - ``P:session:S``           hash: faces, frames, tracks, e:<label> counts, p:<label> probability
                             sums, first_ts_ms, last_ts_ms, dominant
 - ``P:session:S:tracks``    set of ``stream:track`` seen in the session
-- ``P:session:S:hwm``       hash: stream id -> last applied frame_num (the replay guard)
+- ``P:session:S:hwm``       hash: stream scope -> last applied frame_num (the replay guard)
 - ``P:track:S:STREAM:T``    hash: the session's fields for one track, plus stream,
                             first_frame, last_frame (dwell = last_ts - first_ts)
+
+A stream scope is the stream id for files (epoch 0) and ``STREAM@EPOCH`` for a live capture,
+so a restarted or moved live stream (new epoch, frame_num from 0) gets its own high-water mark
+and its own track keys instead of being skipped as a replay.
 
 Every key touched gets the idle TTL again. A frame whose frame_num is not above its stream's
 high-water mark is skipped, so replaying events (after a crash, or a whole file again with the
@@ -84,14 +88,27 @@ def _ms(timestamp: str) -> int:
     return round(parse_rfc3339(timestamp) * 1000)
 
 
+def stream_scope(stream_id: str, epoch: int) -> str:
+    """The replay-guard and track-key scope of one capture: the stream id for files (epoch 0),
+    ``STREAM@EPOCH`` for a live capture (stream ids cannot hold ``@``)."""
+    return f"{stream_id}@{epoch}" if epoch else stream_id
+
+
+def split_scope(scope: str) -> tuple[str, int]:
+    """Inverse of ``stream_scope``: (stream id, epoch)."""
+    stream, _, epoch = scope.partition("@")
+    return stream, int(epoch) if epoch.isdigit() else 0
+
+
 def frame_payloads(events: Sequence[dict[str, Any]]) -> list[tuple[str, str, int, dict[str, Any]]]:
-    """Group face events by (session, stream, frame), keeping order: one script call each.
-    Returns (session, stream, frame_num, payload) tuples; lifecycle events are skipped."""
+    """Group face events by (session, stream scope, frame), keeping order: one script call each.
+    Returns (session, stream scope, frame_num, payload) tuples; lifecycle events are skipped."""
     groups: dict[tuple[str, str, int], dict[str, Any]] = {}
     for e in events:
         if e.get("type") != "face":
             continue
-        key = (e["session_id"], e["stream_id"], int(e["frame_num"]))
+        scope = stream_scope(e["stream_id"], int(e.get("epoch") or 0))
+        key = (e["session_id"], scope, int(e["frame_num"]))
         payload = groups.get(key)
         if payload is None:
             payload = {"stream": key[1], "frame": key[2], "ts": _ms(e["timestamp"]), "faces": []}
@@ -217,7 +234,7 @@ def read_session(client: Any, prefix: str, session: str) -> dict[str, Any]:
     duration_s, dominant. A session never written reads as zeros."""
     base = session_key(prefix, session)
     raw = _decode(client.hgetall(base))
-    streams = sorted(_decode(client.hgetall(f"{base}:hwm")))
+    streams = sorted({split_scope(k)[0] for k in _decode(client.hgetall(f"{base}:hwm"))})
     out = {"session": session, **_summary(raw)}
     out["frames"] = int(raw.get("frames", 0))
     out["tracks"] = int(raw.get("tracks", 0))
@@ -233,11 +250,12 @@ def read_tracks(client: Any, prefix: str, session: str) -> list[dict[str, Any]]:
     )
     out = []
     for member in members:
-        stream, _, tid = member.rpartition(":")
-        raw = _decode(client.hgetall(track_key(prefix, session, stream, tid)))
+        scope, _, tid = member.rpartition(":")
+        raw = _decode(client.hgetall(track_key(prefix, session, scope, tid)))
         if not raw:  # expired
             continue
-        item = {"stream_id": stream, "track_id": int(tid), **_summary(raw)}
+        stream, epoch = split_scope(scope)
+        item = {"stream_id": stream, "epoch": epoch, "track_id": int(tid), **_summary(raw)}
         item["first_frame"] = int(raw.get("first_frame", 0))
         item["last_frame"] = int(raw.get("last_frame", 0))
         item["dwell_s"] = item.pop("duration_s")
