@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import KafkaSettings, RedisSettings, WorkerSettings
+from pipeline.core.config import KafkaSettings, RedisSettings, ViewSettings, WorkerSettings
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,40 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
 
 
+def add_view_options(p: argparse.ArgumentParser) -> None:
+    """The web view's flags (``run`` and ``worker``)."""
+    p.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="Serve the live view, /healthz, /readyz and /metrics here (e.g. 127.0.0.1:8080; "
+        "a bare PORT binds loopback; port 0 picks a free one). Off by default.",
+    )
+    p.add_argument(
+        "--view-blur-faces",
+        action="store_true",
+        help="Blur faces in everything the view shows (events are unaffected).",
+    )
+    p.add_argument("--view-fps", type=float, help="Most frames/s per preview watcher (default: 5).")
+
+
+def with_view_options(settings: WorkerSettings, args: argparse.Namespace) -> WorkerSettings:
+    """Apply the view flags given on the command line over ``settings.view``."""
+    update: dict[str, Any] = {}
+    if getattr(args, "http", None):
+        update["http"] = args.http
+    if getattr(args, "view_blur_faces", False):
+        update["blur_faces"] = True
+    if getattr(args, "view_fps", None) is not None:
+        update["preview_fps"] = args.view_fps
+    if not update:
+        return settings
+    try:
+        view = ViewSettings.model_validate({**settings.view.model_dump(), **update})
+    except ValueError as exc:
+        raise ConfigError(f"invalid view settings: {exc}".replace("\n", " ")) from exc
+    return settings.model_copy(update={"view": view})
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="Run the pipeline on files / RTSP / HTTP sources.")
     run.add_argument(
@@ -74,6 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--worker-id", default="worker-0", help="worker_id carried in every event.")
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     add_worker_options(run)
+    add_view_options(run)
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="Measure the pipeline on a clip against bare decoding.")
@@ -179,19 +214,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime.worker import build_worker
 
     settings = worker_settings(args, worker_id=args.worker_id, session_id=args.session)
+    settings = with_view_options(settings, args)
     specs = _parse_sources(args)
     kafka = KafkaSettings(bootstrap=args.kafka, topic=args.topic, partitions=args.partitions)
     redis = RedisSettings(url=args.redis)
     worker = build_worker(settings, _sink_specs(args), kafka, redis, models_dir=args.models)
     stop = threading.Event()
     _install_signals(stop)
+    view = _start_view(worker, settings, redis) if settings.view.http else None
     t0 = time.time()
     for spec in specs:
         worker.add_stream(spec)
     worker.wait(stop)
     stats = worker.stats()
     failed = worker.failed_streams()
-    worker.stop("shutdown" if stop.is_set() else "eof")
+    if view is not None and not stop.is_set():
+        print(f"sources ended; still serving {view.url} until Ctrl-C", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    try:
+        worker.stop("shutdown" if stop.is_set() else "eof")
+    finally:
+        if view is not None:
+            view.close()
     summary = summarise(stats, time.time() - t0)
     out = sys.stderr if "stdout" in _sink_specs(args) else sys.stdout
     if args.json:
@@ -201,6 +246,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sid, err in failed.items():
         print(f"error: stream {sid}: {err}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _start_view(worker: Any, settings: WorkerSettings, redis: RedisSettings) -> Any:
+    from pipeline.control.metrics import Metrics
+    from pipeline.control.web import start_view
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        running = worker.stream_ids()
+        return bool(running), {"streams": running}
+
+    try:
+        view = start_view(
+            worker,
+            settings.view,
+            redis if redis.url else None,
+            readyz=ready,
+            metrics=Metrics(worker.stats).render,
+        )
+    except BaseException:
+        worker.stop("shutdown")
+        raise
+    print(f"live view: {view.url}  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    return view
 
 
 def summarise(stats: dict[str, Any], elapsed: float) -> dict[str, Any]:

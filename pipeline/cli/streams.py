@@ -77,6 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _register_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from pipeline.cli.run import add_view_options
     from pipeline.control.group import Assignor
 
     w = sub.add_parser(
@@ -107,6 +108,7 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="Port of /healthz, /readyz, /metrics (env ES_METRICS_PORT; 0: any free port; -1: off).",
     )
     w.add_argument("--metrics-host", default="0.0.0.0", help="Address the HTTP endpoints bind.")
+    add_view_options(w)
     w.add_argument(
         "--session-timeout-ms",
         type=int,
@@ -259,7 +261,7 @@ def _partition_count(kafka: KafkaSettings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.cli.run import _install_signals, worker_settings
+    from pipeline.cli.run import _install_signals, with_view_options, worker_settings
     from pipeline.control.group import Assignor, GroupRunner, GroupSettings
     from pipeline.control.health import HealthServer
     from pipeline.control.metrics import Metrics
@@ -271,7 +273,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"invalid ES_REDIS_* settings: {exc}".replace("\n", " ")) from exc
     worker_id = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    settings = worker_settings(args, worker_id=worker_id, session_id=args.session)
+    settings = with_view_options(
+        worker_settings(args, worker_id=worker_id, session_id=args.session), args
+    )
     if args.media_root is not None and not args.media_root.is_dir():
         raise ConfigError(
             f"--media-root {args.media_root} is not a folder: create it or fix the path"
@@ -303,6 +307,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         health = HealthServer(
             args.metrics_host, args.metrics_port, group.live, group.ready, metrics.render
         ).start()
+    view = None
+    if settings.view.http:
+        from pipeline.control.web import start_view
+
+        view = start_view(worker, settings.view, redis, group.live, group.ready, metrics.render)
+        print(f"live view: {view.url}", file=sys.stderr, flush=True)
     stop = threading.Event()
     _install_signals(stop)
     if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID: thread stacks to stderr (stuck streams)
@@ -313,6 +323,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.stop("shutdown")
         if health is not None:
             health.close()
+        if view is not None:
+            view.close()
     stats = worker.stats()
     print(
         json.dumps({"worker_id": worker_id, "events": stats["events"], "join_s": group.join_s}),

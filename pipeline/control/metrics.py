@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -80,6 +80,14 @@ class WorkerCollector(Collector):
         elif isinstance(sink_errors, int | float):
             errs.add_metric(["all"], float(sink_errors))
         yield errs
+        lat = GaugeMetricFamily(
+            f"{PREFIX}_publish_latency_ms",
+            "Decode (capture) -> publish latency of recent events, by quantile (ms).",
+            labels=["quantile"],
+        )
+        for q, v in (st.get("latency_ms") or {}).items():
+            lat.add_metric([str(q)], float(v))
+        yield lat
         batcher = st.get("batcher", {})
         for k, v in batcher.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
@@ -98,6 +106,8 @@ class Metrics:
         self._lock = threading.Lock()
         if stats is not None:
             self.registry.register(WorkerCollector(stats))
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (worker CPU and RSS)
+        ProcessCollector(registry=self.registry)
         self.rebalances = Counter(
             f"{PREFIX}_rebalances",
             "Partition assignments and revocations.",

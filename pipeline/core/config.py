@@ -114,6 +114,22 @@ class TrackerSettings(StrictModel):
     )
 
 
+class ViewSettings(StrictModel):
+    """The worker's web view (``--http``): live previews, stream list, session charts."""
+
+    http: str | None = Field(
+        None,
+        description="HOST:PORT to serve the view, /healthz, /readyz and /metrics on; None: off.",
+    )
+    blur_faces: bool = Field(
+        False, description="Blur every face in what the view shows (events are unaffected)."
+    )
+    preview_fps: float = Field(
+        5.0, gt=0, le=30, description="Most frames per second a preview.mjpg watcher is sent."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of previews.")
+
+
 class KafkaSettings(BaseSettings):
     """Kafka connection. Credentials come from ES_KAFKA_* variables or *_FILE files."""
 
@@ -182,3 +198,4 @@ class WorkerSettings(StrictModel):
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
     tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
+    view: ViewSettings = Field(default_factory=ViewSettings, description="Web view.")  # type: ignore[arg-type]

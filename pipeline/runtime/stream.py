@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -51,6 +51,14 @@ class StreamParts:
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
+    #: Optional watcher of published results (the web view): ``offer`` must not block.
+    observer: FrameObserver | None = None
+
+
+class FrameObserver(Protocol):
+    """Sees each processed frame after its events are queued; keeps at most the latest."""
+
+    def offer(self, result: FrameResult) -> None: ...
 
 
 class StreamRunner:
@@ -139,6 +147,8 @@ class StreamRunner:
         out = ev.face_events(result, self.ctx)
         out += self._track_end_events(ended)
         self._p.publisher.put(out, frame.decoded_at)
+        if self._p.observer is not None:
+            self._p.observer.offer(result)
         self._last_frame = frame
         return result
 
@@ -183,6 +193,7 @@ class StreamRunner:
         return {
             "stream_id": self.stream_id,
             "url": self.spec.display,
+            "session_id": self.ctx.session_id,
             "decoded": src.decoded,
             "dropped": src.dropped,
             "reconnects": src.reconnects,
