@@ -112,7 +112,7 @@ class Worker:
             "streams": {r.stream_id: r.stats() for r in runners},
             "batcher": self._parts.batcher.stats(),
             "events": pub.events,
-            "sink_errors": pub.sink_errors,
+            "sink_errors": dict.fromkeys(self._parts.publisher.sink_names, 0) | pub.sink_errors,
             "latency_ms": latency_quantiles(pub.latency_ms[-2000:]),
         }
 

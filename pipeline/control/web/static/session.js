@@ -46,10 +46,12 @@ async function showSession() {
   document.getElementById("json").href = `/api/sessions/${encodeURIComponent(sid)}`;
   const agg = await (await fetch(`/api/sessions/${encodeURIComponent(sid)}`)).json();
   const dl = document.getElementById("totals");
+  const when = ts => ts ? ts.replace("T", " ").slice(0, 19) + " UTC" : "-";
   const rows = [["faces", agg.faces], ["frames", agg.frames], ["tracks", agg.tracks],
-    ["dominant", agg.dominant || "-"], ["duration s", agg.duration_s], ["streams", (agg.streams || []).join(", ")],
-    ["first", agg.first_ts || "-"], ["last", agg.last_ts || "-"]];
-  dl.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]));
+    ["dominant", agg.dominant || "-"], ["duration", `${agg.duration_s} s`], ["streams", (agg.streams || []).join(", ")],
+    ["first seen", when(agg.first_ts)], ["last seen", when(agg.last_ts)]];
+  dl.replaceChildren(...rows.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", {}, String(v)))));
+  renderLabels(document.getElementById("labels"), agg.emotions);
   renderMix(document.getElementById("mix"), agg.emotions);
   chart(document.getElementById("chart"), agg.minutes);
   const tbody = document.querySelector("#tracks tbody");
