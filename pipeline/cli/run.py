@@ -118,6 +118,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
     add_worker_options(bench)
+    add_view_options(bench)
+    bench.add_argument(
+        "--watchers",
+        type=int,
+        default=0,
+        help="With --http: MJPEG viewers per stream during the run (the view's cost).",
+    )
     bench.set_defaults(func=cmd_bench)
 
     sample = sub.add_parser("sample", help="Write the bundled sample clip (real faces, H.264).")
@@ -320,8 +327,12 @@ def render_summary(s: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.tools.bench import run_bench
 
-    settings = worker_settings(args)
-    result = run_bench(args.source, settings, args.models, streams=args.streams)
+    settings = with_view_options(worker_settings(args), args)
+    if args.watchers and not settings.view.http:
+        raise ConfigError("--watchers needs --http HOST:PORT (e.g. --http 127.0.0.1:0)")
+    result = run_bench(
+        args.source, settings, args.models, streams=args.streams, watchers=args.watchers
+    )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 
