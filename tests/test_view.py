@@ -63,6 +63,7 @@ def test_annotate_blur_hides_face_detail() -> None:
     r = _result()
     plain = annotate(r, blur=False)[40:75, 28:55].astype(np.float32)
     blurred = annotate(r, blur=True)[40:75, 28:55].astype(np.float32)
+
     def detail(a: np.ndarray) -> float:  # mean neighbour difference: fine detail
         return float(np.abs(np.diff(a, axis=1)).mean())
 
@@ -279,3 +280,49 @@ def test_redis_minute_buckets_count_once_on_replay(redis_server: Any) -> None:
     assert minutes[0]["counts"]["happy"] == 2 and minutes[0]["counts"]["sad"] == 1
     assert minutes[1]["counts"]["neutral"] == 1 and minutes[1]["faces"] == 1
     assert 0 < ttl <= 300
+
+
+def test_best_faces_keeps_highest_score_crop_under_cap() -> None:
+    import base64
+
+    from pipeline.core.events import validate
+    from pipeline.stages.thumbnail import MAX_THUMBNAIL_BYTES, BestFaces
+
+    best = BestFaces()
+    dark = np.full((2, 64, 64), 30, np.uint8)
+    light = np.full((2, 64, 64), 220, np.uint8)
+    best.update(np.array([1, 2]), np.array([0.6, 0.9], np.float32), dark, frame_num=3)
+    best.update(np.array([1, 2]), np.array([0.8, 0.7], np.float32), light, frame_num=4)
+    t1, t2 = best.pop(1), best.pop(2)
+    assert t1 is not None and t2 is not None and best.pop(1) is None
+    assert (t1["frame_num"], t1["det_score"]) == (4, 0.8)
+    assert (t2["frame_num"], t2["det_score"]) == (3, 0.9)
+    raw = base64.b64decode(str(t1["jpeg_base64"]))
+    assert len(raw) <= MAX_THUMBNAIL_BYTES
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert img.shape == (64, 64) and abs(int(img.mean()) - 220) < 5
+    event = _track_end_with(t1)
+    validate(event)
+
+
+def test_best_faces_leaves_out_thumbnail_over_cap() -> None:
+    from pipeline.stages.thumbnail import BestFaces
+
+    best = BestFaces(max_bytes=200)
+    noise = np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8)
+    best.update(np.array([7]), np.array([0.9], np.float32), noise, frame_num=1)
+    assert best.pop(7) is None
+
+
+def _track_end_with(thumbnail: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.core import events as ev
+    from pipeline.core.types import TrackSummary
+
+    summary = TrackSummary(3, 4, 1.0, 2.0, 0.1, 0.2)
+    summary.add(Frame("cam1", 4, 0.2, 2.0, np.zeros((8, 8, 3), np.uint8)), "happy")
+    ctx = ev.EventContext(
+        worker_id="w", session_id="s", detector="d", classifier="c", backend="b", precision="fp32"
+    )
+    event = ev.track_end_event("cam1", 1, summary, ctx)
+    event["thumbnail"] = thumbnail
+    return event

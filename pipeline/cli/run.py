@@ -76,6 +76,8 @@ def with_view_options(settings: WorkerSettings, args: argparse.Namespace) -> Wor
         update["blur_faces"] = True
     if getattr(args, "view_fps", None) is not None:
         update["preview_fps"] = args.view_fps
+    if getattr(args, "track_thumbnails", False):
+        settings = settings.model_copy(update={"track_thumbnails": True})
     if not update:
         return settings
     try:

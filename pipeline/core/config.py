@@ -199,3 +199,7 @@ class WorkerSettings(StrictModel):
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
     tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
     view: ViewSettings = Field(default_factory=ViewSettings, description="Web view.")  # type: ignore[arg-type]
+    track_thumbnails: bool = Field(
+        False,
+        description="Put a small JPEG of each track's best aligned face on its track_end event.",
+    )

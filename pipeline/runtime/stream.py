@@ -18,6 +18,7 @@ from pipeline.core.config import TrackerSettings
 from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
 from pipeline.stages.align import align_faces
 from pipeline.stages.smooth import EmaSmoother
+from pipeline.stages.thumbnail import BestFaces
 from pipeline.stages.track import Tracker
 
 if TYPE_CHECKING:
@@ -51,6 +52,8 @@ class StreamParts:
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
+    #: Best-face JPEG thumbnails on track_end events (``--track-thumbnails``).
+    thumbnails: bool = False
     #: Optional watcher of published results (the web view): ``offer`` must not block.
     observer: FrameObserver | None = None
 
@@ -74,6 +77,7 @@ class StreamRunner:
         self._tracker = Tracker(parts.tracker)
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
+        self._best = BestFaces() if parts.thumbnails else None
         self._stop = threading.Event()
         self._done = threading.Event()
         self._last_frame: Frame | None = None
@@ -138,6 +142,8 @@ class StreamRunner:
         probs = np.zeros((0, len(EMOTIONS)), np.float32)
         if len(faces):
             crops = align_faces(frame.image, faces, self._p.crop_size)
+            if self._best is not None:
+                self._best.update(faces.track_id, faces.score, crops, frame.frame_num)
             probs = self._p.batcher.submit(crops).result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
@@ -174,8 +180,11 @@ class StreamRunner:
         out = []
         for tid in ended:
             summary = self._tracks.pop(tid, None)
+            thumb = self._best.pop(tid) if self._best is not None else None
             if summary is not None:
                 out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx))
+                if thumb is not None:
+                    out[-1]["thumbnail"] = thumb
         return out
 
     def _finish(self) -> None:

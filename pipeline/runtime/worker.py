@@ -169,6 +169,7 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
         engine_close=engine.close,
+        thumbnails=settings.track_thumbnails,
     )
     ctx = ev.EventContext(
         worker_id=settings.worker_id,
