@@ -65,6 +65,11 @@ def add_view_options(p: argparse.ArgumentParser) -> None:
         help="Blur faces in everything the view shows (events are unaffected).",
     )
     p.add_argument("--view-fps", type=float, help="Most frames/s per preview watcher (default: 5).")
+    p.add_argument(
+        "--track-thumbnails",
+        action="store_true",
+        help="Add a small JPEG of each track's best aligned face to its track_end event.",
+    )
 
 
 def with_view_options(settings: WorkerSettings, args: argparse.Namespace) -> WorkerSettings:

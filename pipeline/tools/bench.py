@@ -117,6 +117,8 @@ class _BenchView:
             "url": self.view.url,
             "watchers_per_stream": per_stream,
             "frames_encoded": hub.encoded_frames,
+            "encode_ms_mean": round(1000 * hub.encode_s / max(hub.encoded_frames, 1), 2),
+            "encode_s_total": round(hub.encode_s, 3),
             "mjpeg_bytes": sum(w.bytes for w in self.watchers),
             "preview_fps": view_settings.preview_fps,
             "blur_faces": view_settings.blur_faces,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -94,6 +95,8 @@ class PreviewHub:
         self._encoded: dict[str, tuple[int, bytes]] = {}
         self._lock = threading.Lock()
         self.encoded_frames = 0
+        #: seconds spent annotating and encoding (the view's whole per-frame cost)
+        self.encode_s = 0.0
         self.watchers: dict[str, int] = {}
         #: the view's own thread: annotation and encoding never run on a stream thread
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="view-annotate")
@@ -120,8 +123,10 @@ class PreviewHub:
             cached = self._encoded.get(stream_id)
         if cached is not None and cached[0] == num:
             return cached[1]
+        t0 = time.perf_counter()
         image = annotate(result, self.blur)
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        self.encode_s += time.perf_counter() - t0
         if not ok:
             logger.warning("stream %s: JPEG encoding of frame %d failed", stream_id, num)
             return None

@@ -25,7 +25,7 @@ def parse_http(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int, flag: str = "--http") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,7 +34,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"--http {host}:{port}: cannot listen ({exc.strerror or exc}): pick a free port "
+            f"{flag} {host}:{port}: cannot listen ({exc.strerror or exc}): pick a free port "
             "or stop what holds it"
         ) from exc
     sock.listen(128)
@@ -45,10 +45,12 @@ def bind(host: str, port: int) -> socket.socket:
 class WebServer:
     """``start()`` serves ``app`` from a daemon thread; ``close()`` stops it within seconds."""
 
-    def __init__(self, app: Any, host: str, port: int, name: str = "web") -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, name: str = "web", flag: str = "--http"
+    ) -> None:
         import uvicorn
 
-        self._sock = bind(host, port)
+        self._sock = bind(host, port, flag)
         self.host = host
         config = uvicorn.Config(
             app,
