@@ -196,3 +196,54 @@ def test_dashboard_queries_only_exported_metrics(view_worker: ViewWorker) -> Non
     assert len(wanted) >= 10
     missing = sorted(wanted - exported - PENDING_FROM_ISSUE_8)
     assert not missing, f"dashboard queries metrics the worker does not export: {missing}"
+
+
+def test_group_worker_serves_view_of_assigned_stream(
+    kafka_broker: Any, sample_clip: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """``worker --http``: the view lists the stream the group assigned, /readyz turns 200."""
+    tag = f"view-{os.getpid()}"
+    kafka = ["--kafka", kafka_broker.bootstrap, "--control-topic", f"ctl-{tag}"]
+    log = tmp_path / "worker.log"
+    cmd = [
+        sys.executable, "-m", "pipeline", "worker", *kafka, "--topic", f"events-{tag}",
+        "--group", f"g-{tag}", "--media-root", str(sample_clip.parent), "--models",
+        str(models_dir), "--metrics-port", "-1", "--http", "127.0.0.1:0",
+        "--session-timeout-ms", "2000", "--heartbeat-ms", "500", "--max-poll-interval-ms", "5000",
+    ]  # fmt: skip
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_until(
+            lambda: proc.poll() is not None or _live_url(log) is not None,
+            120,
+            lambda: f"the view URL: {log.read_text()[-1500:]}",
+            poll_s=0.2,
+        )
+        url = (_live_url(log) or "").rstrip("/")
+        assert url, log.read_text()[-2000:]
+        add = subprocess.run(
+            [sys.executable, "-m", "pipeline", "streams", "add", "cam-v", f"file://{sample_clip}",
+             "--loop", "--realtime", *kafka],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert add.returncode == 0, add.stderr
+
+        def listed() -> bool:
+            with urllib.request.urlopen(f"{url}/api/streams", timeout=10) as r:
+                streams = json.loads(r.read())
+            return any(s["id"] == "cam-v" and s["preview"] for s in streams)
+
+        wait_until(listed, 90, lambda: f"cam-v in /api/streams: {log.read_text()[-1500:]}", 0.5)
+        with urllib.request.urlopen(f"{url}/readyz", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"{url}/streams/cam-v/snapshot.jpg", timeout=10) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and len(r.read()) > 10_000
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
