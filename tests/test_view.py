@@ -326,3 +326,18 @@ def _track_end_with(thumbnail: dict[str, Any]) -> dict[str, Any]:
     event = ev.track_end_event("cam1", 1, summary, ctx)
     event["thumbnail"] = thumbnail
     return event
+
+
+def test_view_blur_setting_blurs_served_snapshots() -> None:
+    worker = _FakeWorker()
+    view = start_view(worker, ViewSettings(http="127.0.0.1:0", blur_faces=True))
+    try:
+        r = _result(9)
+        worker.observer.offer(r)
+        code, _, body = _get(view.url + "streams/cam1/snapshot.jpg")
+        assert code == 200
+        img = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR).astype(np.float32)
+        face, raw = img[40:75, 28:55], r.frame.image[40:75, 28:55].astype(np.float32)
+        assert np.abs(np.diff(face, axis=1)).mean() < np.abs(np.diff(raw, axis=1)).mean() / 5
+    finally:
+        view.close()

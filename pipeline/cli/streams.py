@@ -311,7 +311,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if settings.view.http:
         from pipeline.control.web import start_view
 
-        view = start_view(worker, settings.view, redis, group.live, group.ready, metrics.render)
+        try:
+            view = start_view(worker, settings.view, redis, group.live, group.ready, metrics.render)
+        except BaseException:
+            worker.stop("shutdown")
+            if health is not None:
+                health.close()
+            raise
         print(f"live view: {view.url}", file=sys.stderr, flush=True)
     stop = threading.Event()
     _install_signals(stop)
