@@ -96,7 +96,7 @@ def create_app(view: ViewContext) -> Starlette:
 
     async def api_streams(request: Request) -> JSONResponse:
         streams = live.streams()
-        for sid in list(hub._latest):
+        for sid in hub.stream_ids():
             if sid not in streams:
                 hub.forget(sid)
         return JSONResponse([stream_item(s, hub) for s in streams.values()])

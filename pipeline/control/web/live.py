@@ -81,7 +81,7 @@ class LiveStats:
     def streams(self) -> dict[str, dict[str, Any]]:
         """Per stream: the latest stats plus ``state``, ``fps_recent`` and ``emotions_last_minute``."""
         now = time.monotonic()
-        current = self.sample()
+        current: dict[str, dict[str, Any]] = self._stats().get("streams", {})  # not kept
         out: dict[str, dict[str, Any]] = {}
         for sid, s in current.items():
             item = dict(s)

@@ -105,6 +105,9 @@ class PreviewHub:
         """Called by a stream thread: O(1), never blocks on the view."""
         self._latest[result.frame.stream_id] = result
 
+    def stream_ids(self) -> list[str]:
+        return list(self._latest)
+
     def latest(self, stream_id: str) -> FrameResult | None:
         return self._latest.get(stream_id)
 
