@@ -341,3 +341,17 @@ def test_view_blur_setting_blurs_served_snapshots() -> None:
         assert np.abs(np.diff(face, axis=1)).mean() < np.abs(np.diff(raw, axis=1)).mean() / 5
     finally:
         view.close()
+
+
+def test_view_close_with_watcher_connected_returns_promptly() -> None:
+    worker = _FakeWorker()
+    view = start_view(worker, ViewSettings(http="127.0.0.1:0"))
+    worker.observer.offer(_result(1))
+    r = urllib.request.urlopen(view.url + "streams/cam1/preview.mjpg", timeout=10)
+    try:
+        assert r.read1(65536).startswith(b"--frame")
+        t0 = time.monotonic()
+        view.close()
+        assert time.monotonic() - t0 < 4.0
+    finally:
+        r.close()
