@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMPS := .stamps
 MODELS := models
 OUT := out
+VIEW ?= 127.0.0.1:8080
 
-.PHONY: all setup system models sample demo test lint typecheck unit bench clean
+.PHONY: all setup system models sample demo view test lint typecheck unit bench clean
 
 all: test
 
@@ -43,6 +44,12 @@ sample: $(STAMPS)/venv
 
 demo: models sample
 	$(BIN)/emotion-stream run $(OUT)/sample.mp4 --models $(MODELS) --sink jsonl:$(OUT)/demo-events.jsonl
+	@echo "live view: run 'make view' and open http://$(VIEW)/ (boxes, labels, emotion mix; Ctrl-C stops)"
+
+# The demo as a camera would run it (paced, looping) with the web view on $(VIEW), until Ctrl-C.
+view: models sample
+	$(BIN)/emotion-stream run $(OUT)/sample.mp4 --models $(MODELS) --sink jsonl:$(OUT)/view-events.jsonl \
+		--http $(VIEW) --loop --realtime
 
 lint: $(STAMPS)/venv
 	$(BIN)/ruff check pipeline engines training tests

@@ -145,10 +145,33 @@ GROUP = (
     Opt("--metrics-host", "metrics.host", "Address the HTTP endpoints bind."),
 )
 
+VIEW = (
+    Opt(
+        "--http",
+        "view.http",
+        "Serve the live view, /healthz, /readyz and /metrics at HOST:PORT (a bare PORT binds "
+        "loopback; port 0 picks a free one). Off by default.",
+        metavar="HOST:PORT",
+    ),
+    Opt(
+        "--view-blur-faces",
+        "view.blur_faces",
+        "Blur faces in everything the view shows (events are unaffected).",
+        const=True,
+    ),
+    Opt("--view-fps", "view.preview_fps", "Most frames/s per preview watcher (default: 5).", float),
+    Opt(
+        "--track-thumbnails",
+        "track_thumbnails",
+        "Add a small JPEG of each track's best aligned face to its track_end event.",
+        const=True,
+    ),
+)
+
 #: What ``run`` and ``bench`` share with ``worker`` and ``config show``.
 ENGINE = (*MODELS, *BATCH)
 #: Every flag that sets a field, for ``config show``.
-ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP)
+ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP, *VIEW)
 
 
 def add_options(p: argparse.ArgumentParser, *groups: Iterable[Opt]) -> None:

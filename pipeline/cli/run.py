@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
-from pipeline.core.config import WorkerSettings
+from pipeline.core.config import RedisSettings, WorkerSettings
 from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--stream-id", action="append", default=[], help="Stream id per source, in order."
     )
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
-    add_options(run, [opts.CONFIG], opts.IDENTITY, opts.ENGINE, opts.SOURCE, opts.SINKS)
+    add_options(run, [opts.CONFIG], opts.IDENTITY, opts.ENGINE, opts.SOURCE, opts.SINKS, opts.VIEW)
     add_options(run, opts.KAFKA, opts.REDIS[:1])
     run.set_defaults(func=cmd_run)
 
@@ -47,7 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
-    add_options(bench, [opts.CONFIG], opts.ENGINE, opts.SOURCE)
+    add_options(bench, [opts.CONFIG], opts.ENGINE, opts.SOURCE, opts.VIEW)
+    bench.add_argument(
+        "--watchers",
+        type=int,
+        default=0,
+        help="With --http: MJPEG viewers per stream during the run (the view's cost).",
+    )
     bench.set_defaults(func=cmd_bench)
 
     sample = sub.add_parser("sample", help="Write the bundled sample clip (real faces, H.264).")
@@ -108,13 +114,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     worker = build_worker(settings, sinks, settings.kafka, settings.redis)
     stop = threading.Event()
     _install_signals(stop)
+    view = _start_view(worker, settings, settings.redis) if settings.view.http else None
     t0 = time.time()
     for spec in specs:
         worker.add_stream(spec)
     worker.wait(stop)
     stats = worker.stats()
     failed = worker.failed_streams()
-    worker.stop("shutdown" if stop.is_set() else "eof")
+    if view is not None and not stop.is_set():
+        print(f"sources ended; still serving {view.url} until Ctrl-C", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    try:
+        worker.stop("shutdown" if stop.is_set() else "eof")
+    finally:
+        if view is not None:
+            view.close()
     summary = summarise(stats, time.time() - t0)
     out = sys.stderr if "stdout" in sinks else sys.stdout
     if args.json:
@@ -146,6 +161,29 @@ class RunSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _start_view(worker: Any, settings: WorkerSettings, redis: RedisSettings) -> Any:
+    from pipeline.control.metrics import Metrics
+    from pipeline.control.web import start_view
+
+    def ready() -> tuple[bool, dict[str, Any]]:
+        running = worker.stream_ids()
+        return bool(running), {"streams": running}
+
+    try:
+        view = start_view(
+            worker,
+            settings.view,
+            redis if redis.url else None,
+            readyz=ready,
+            metrics=Metrics(worker.stats).render,
+        )
+    except BaseException:
+        worker.stop("shutdown")
+        raise
+    print(f"live view: {view.url}  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    return view
 
 
 def summarise(stats: WorkerStats, elapsed: float) -> RunSummary:
@@ -194,7 +232,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.tools.bench import run_bench
 
     settings = settings_from_args(args)
-    result = run_bench(args.source, settings, settings.detector.model_dir, streams=args.streams)
+    if args.watchers and not settings.view.http:
+        raise ConfigError("--watchers needs --http HOST:PORT (e.g. --http 127.0.0.1:0)")
+    result = run_bench(
+        args.source,
+        settings,
+        settings.detector.model_dir,
+        streams=args.streams,
+        watchers=args.watchers,
+    )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
 

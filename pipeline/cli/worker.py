@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import threading
+from typing import Any
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, settings_from_args
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Join the worker group on the control topic and run the streams assigned to it.",
     )
     add_options(w, [opts.CONFIG], opts.CONTROL, opts.KAFKA, opts.REDIS[:1], opts.GROUP)
-    add_options(w, opts.IDENTITY, opts.ENGINE, opts.DECODE)
+    add_options(w, opts.IDENTITY, opts.ENGINE, opts.DECODE, opts.VIEW)
     w.set_defaults(func=cmd_worker)
 
 
@@ -66,6 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         except ConfigError:  # port in use: one error line, exit 2, after releasing the worker
             worker.stop("shutdown")
             raise
+    view = _start_view(s, worker, group, metrics, health)
     stop = threading.Event()
     _install_signals(stop)
     if hasattr(signal, "SIGUSR1"):  # kill -USR1 PID: thread stacks to stderr (stuck streams)
@@ -76,9 +78,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
         worker.stop("shutdown")
         if health is not None:
             health.close()
+        if view is not None:
+            view.close()
     stats = worker.stats()
     print(
         json.dumps({"worker_id": s.worker_id, "events": stats.events, "join_s": group.join_s}),
         file=sys.stderr,
     )
     return 0
+
+
+def _start_view(s: WorkerSettings, worker: Any, group: Any, metrics: Any, health: Any) -> Any:
+    """The web view on ``view.http`` (None when off); a failure releases what was started."""
+    if not s.view.http:
+        return None
+    from pipeline.control.web import start_view
+
+    redis = s.redis if s.redis.url else None
+    try:
+        view = start_view(worker, s.view, redis, group.live, group.ready, metrics.render)
+    except BaseException:
+        worker.stop("shutdown")
+        if health is not None:
+            health.close()
+        raise
+    print(f"live view: {view.url}", file=sys.stderr, flush=True)
+    return view

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -98,6 +98,14 @@ class WorkerCollector(Collector):
         for sink, n in st.sink_errors.items():
             errs.add_metric([str(sink)], float(n))
         yield errs
+        lat = GaugeMetricFamily(
+            f"{PREFIX}_publish_latency_ms",
+            "Decode (capture) -> publish latency of recent events, by quantile (ms).",
+            labels=["quantile"],
+        )
+        for q, v in st.latency_ms.items():
+            lat.add_metric([str(q)], float(v))
+        yield lat
         batcher = {} if st.batcher is None else st.batcher.as_dict()
         for k, v in batcher.items():
             if isinstance(v, int | float) and not isinstance(v, bool):
@@ -116,6 +124,8 @@ class Metrics:
         self._lock = threading.Lock()
         if stats is not None:
             self.registry.register(WorkerCollector(stats))
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (worker CPU and RSS)
+        ProcessCollector(registry=self.registry)
         self.rebalances = Counter(
             f"{PREFIX}_rebalances",
             "Partition assignments and revocations.",

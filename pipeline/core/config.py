@@ -153,6 +153,22 @@ class TrackerSettings(StrictModel):
     )
 
 
+class ViewSettings(StrictModel):
+    """The worker's web view (``--http``): live previews, stream list, session charts."""
+
+    http: str | None = Field(
+        None,
+        description="HOST:PORT to serve the view, /healthz, /readyz and /metrics on; None: off.",
+    )
+    blur_faces: bool = Field(
+        False, description="Blur every face in what the view shows (events are unaffected)."
+    )
+    preview_fps: float = Field(
+        5.0, gt=0, le=30, description="Most frames per second a preview.mjpg watcher is sent."
+    )
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of previews.")
+
+
 class KafkaSettings(BaseSettings):
     """Kafka connection. Credentials come from ES_KAFKA_* variables or *_FILE files."""
 
@@ -276,4 +292,9 @@ class WorkerSettings(StrictModel):
     metrics: MetricsSettings = Field(
         default_factory=MetricsSettings,  # type: ignore[arg-type]
         description="HTTP health and metrics endpoints.",
+    )
+    view: ViewSettings = Field(default_factory=ViewSettings, description="Web view.")  # type: ignore[arg-type]
+    track_thumbnails: bool = Field(
+        False,
+        description="Put a small JPEG of each track's best aligned face on its track_end event.",
     )

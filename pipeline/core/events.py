@@ -95,6 +95,16 @@ class FaceEvent(TypedDict):
     latency_ms: float
 
 
+class Thumbnail(TypedDict):
+    """A track's best aligned face as a small JPEG (``track_end.thumbnail``)."""
+
+    jpeg_base64: str
+    width: int
+    height: int
+    det_score: float
+    frame_num: int
+
+
 class TrackEndEvent(TypedDict):
     """A track ended: it left the view, or its stream ended (``$defs/track_end``)."""
 
@@ -117,6 +127,7 @@ class TrackEndEvent(TypedDict):
     faces: int
     emotions: dict[str, int]
     dominant: str | None
+    thumbnail: NotRequired[Thumbnail]
 
 
 class StreamEndEvent(TypedDict):

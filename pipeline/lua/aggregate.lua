@@ -6,6 +6,8 @@
 --
 -- KEYS[1] session hash     KEYS[2] session track set   KEYS[3] high-water hash (stream -> frame)
 -- KEYS[4..] one track hash per face, in the order of the faces in ARGV[1]
+-- KEYS[#KEYS] (when there is one more key than 3 + faces) the session's per-minute hash:
+--   field "<minute start, epoch s>:<label>" -> faces with that label in that minute
 -- ARGV[1] JSON {"stream": s, "frame": n, "ts": epoch_ms, "faces": [{"track": "s:t", "label": l, "probs": [7]}]}
 -- ARGV[2] TTL seconds (every key touched is given it again)
 -- Returns the number of faces applied (0 when the frame was already applied).
@@ -86,6 +88,18 @@ for i, face in ipairs(data.faces) do
   redis.call("EXPIRE", tkey, ttl)
 end
 set_dominant(session)
+local minutes = KEYS[4 + #data.faces]
+if minutes then
+  local minute = math.floor(ts / 60000) * 60
+  local per = {}
+  for _, face in ipairs(data.faces) do
+    per[face.label] = (per[face.label] or 0) + 1
+  end
+  for label, n in pairs(per) do
+    redis.call("HINCRBY", minutes, minute .. ":" .. label, n)
+  end
+  redis.call("EXPIRE", minutes, ttl)
+end
 for k = 1, 3 do
   redis.call("EXPIRE", KEYS[k], ttl)
 end

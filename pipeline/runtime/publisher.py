@@ -51,6 +51,10 @@ class Publisher:
         self._keep = keep_latency
         self._lock = threading.Lock()
 
+    @property
+    def sink_names(self) -> list[str]:
+        return [s.name for s in self._sinks]
+
     def start(self) -> None:
         self._thread.start()
 

@@ -18,6 +18,7 @@ class StreamStats:
 
     stream_id: str
     url: str
+    session_id: str
     decoded: int
     dropped: int
     reconnects: int
@@ -69,6 +70,8 @@ class WorkerStats:
     batcher: BatcherStats | None = None
     events: int = 0
     sink_errors: dict[str, int] = field(default_factory=dict)
+    #: decode -> publish latency quantiles of recent events ("p50", "p99"), ms
+    latency_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:

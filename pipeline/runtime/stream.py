@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult
 from pipeline.runtime.stats import StreamStats
 from pipeline.stages.align import align_faces
 from pipeline.stages.smooth import EmaSmoother
+from pipeline.stages.thumbnail import BestFaces
 from pipeline.stages.track import Tracker
 
 if TYPE_CHECKING:
@@ -52,6 +53,16 @@ class StreamParts:
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
+    #: Best-face JPEG thumbnails on track_end events (``--track-thumbnails``).
+    thumbnails: bool = False
+    #: Optional watcher of published results (the web view): ``offer`` must not block.
+    observer: FrameObserver | None = None
+
+
+class FrameObserver(Protocol):
+    """Sees each processed frame after its events are queued; keeps at most the latest."""
+
+    def offer(self, result: FrameResult) -> None: ...
 
 
 class StreamRunner:
@@ -67,6 +78,7 @@ class StreamRunner:
         self._tracker = Tracker(parts.tracker)
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
+        self._best = BestFaces() if parts.thumbnails else None
         self._stop = threading.Event()
         self._done = threading.Event()
         self._last_frame: Frame | None = None
@@ -151,6 +163,8 @@ class StreamRunner:
         probs = np.zeros((0, len(EMOTIONS)), np.float32)
         if len(faces):
             crops = align_faces(frame.image, faces, self._p.crop)
+            if self._best is not None:
+                self._best.update(faces.track_id, faces.score, crops, frame.frame_num)
             probs = self._p.batcher.submit(crops).result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
@@ -160,6 +174,8 @@ class StreamRunner:
         out: list[ev.Event] = [*ev.face_events(result, self.ctx)]
         out += self._track_end_events(ended)
         self._p.publisher.put(ev.records(out), frame.decoded_at)
+        if self._p.observer is not None:
+            self._p.observer.offer(result)
         self._last_frame = frame
         return result
 
@@ -193,8 +209,12 @@ class StreamRunner:
         out: list[ev.Event] = []
         for tid in ended:
             summary = self._tracks.pop(tid, None)
+            thumb = self._best.pop(tid) if self._best is not None else None
             if summary is not None:
-                out.append(ev.track_end_event(self.stream_id, tid, summary, self.ctx, self._epoch))
+                end = ev.track_end_event(self.stream_id, tid, summary, self.ctx, self._epoch)
+                if thumb is not None:
+                    end["thumbnail"] = thumb
+                out.append(end)
         return out
 
     def _finish(self) -> None:
@@ -214,6 +234,7 @@ class StreamRunner:
         return StreamStats(
             stream_id=self.stream_id,
             url=self.spec.display,
+            session_id=self.ctx.session_id,
             decoded=src.decoded,
             dropped=src.dropped,
             reconnects=src.reconnects,

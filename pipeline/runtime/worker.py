@@ -49,6 +49,10 @@ class Worker:
     def ctx(self) -> ev.EventContext:
         return self._ctx
 
+    def set_observer(self, observer: Any) -> None:
+        """Show every stream started from now on to ``observer`` (a ``FrameObserver``)."""
+        self._parts = replace(self._parts, observer=observer)
+
     def start(self) -> None:
         if not self._started:
             self._parts.batcher.start()
@@ -137,7 +141,8 @@ class Worker:
             streams={r.stream_id: r.stats() for r in runners},
             batcher=self._parts.batcher.stats(),
             events=pub.events,
-            sink_errors=dict(pub.sink_errors),
+            sink_errors=dict.fromkeys(self._parts.publisher.sink_names, 0) | pub.sink_errors,
+            latency_ms=latency_quantiles(pub.latency_ms[-2000:]),
         )
 
     def stop(self, reason: str = "shutdown", timeout: float = 30.0) -> None:
@@ -156,6 +161,16 @@ class Worker:
         self._parts.batcher.close()
         self._parts.publisher.close()
         self._parts.engine_close()
+
+
+def latency_quantiles(samples: list[float]) -> dict[str, float]:
+    """Decode -> publish latency p50/p99 (ms) of the given recent samples; empty: none."""
+    if not samples:
+        return {}
+    import numpy as np
+
+    p50, p99 = np.percentile(np.asarray(samples), [50, 99]).tolist()
+    return {"0.5": round(p50, 3), "0.99": round(p99, 3)}
 
 
 def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts, ev.EventContext]:
@@ -183,6 +198,7 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
         engine_close=engine.close,
+        thumbnails=settings.track_thumbnails,
     )
     ctx = ev.EventContext(
         worker_id=settings.worker_id,

@@ -7,6 +7,7 @@ Keys (``P`` = key prefix, ``S`` = session id):
                             sums, first_ts_ms, last_ts_ms, dominant
 - ``P:session:S:tracks``    set of ``stream:track`` seen in the session
 - ``P:session:S:hwm``       hash: stream scope -> last applied frame_num (the replay guard)
+- ``P:session:S:minutes``   hash: ``<minute start epoch s>:<label>`` -> faces (the chart)
 - ``P:track:S:STREAM:T``    hash: the session's fields for one track, plus stream,
                             first_frame, last_frame (dwell = last_ts - first_ts)
 
@@ -45,6 +46,10 @@ def load_script() -> str:
 
 def session_key(prefix: str, session: str) -> str:
     return f"{prefix}:session:{session}"
+
+
+def minutes_key(prefix: str, session: str) -> str:
+    return f"{session_key(prefix, session)}:minutes"
 
 
 def track_key(prefix: str, session: str, stream_id: str, track_id: int | str) -> str:
@@ -146,6 +151,7 @@ class RedisAggregateSink:
         for face in payload["faces"]:
             keys.append(track_key(self.prefix, session, stream, face["track"]))
             face["track"] = f"{stream}:{face['track']}"
+        keys.append(minutes_key(self.prefix, session))
         return keys, [json.dumps(payload, separators=(",", ":")), self.settings.ttl_s]
 
     def write(self, events: Sequence[dict[str, Any]]) -> None:
@@ -261,3 +267,18 @@ def read_tracks(client: Any, prefix: str, session: str) -> list[dict[str, Any]]:
         item["dwell_s"] = item.pop("duration_s")
         out.append(item)
     return out
+
+
+def read_minutes(client: Any, prefix: str, session: str) -> list[dict[str, Any]]:
+    """The session's per-minute emotion counts, oldest first: ``{"t": minute start (epoch s),
+    "minute": RFC 3339, "faces": n, "counts": {label: n for every label}}``."""
+    raw = _decode(client.hgetall(minutes_key(prefix, session)))
+    by_minute: dict[int, dict[str, int]] = {}
+    for field, value in raw.items():
+        minute, _, label = field.partition(":")
+        if label in EMOTIONS and minute.isdigit():
+            by_minute.setdefault(int(minute), dict.fromkeys(EMOTIONS, 0))[label] = int(value)
+    return [
+        {"t": t, "minute": rfc3339(t), "faces": sum(c.values()), "counts": c}
+        for t, c in sorted(by_minute.items())
+    ]

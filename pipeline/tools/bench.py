@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +75,76 @@ class _Progress(threading.Thread):
             print(f"bench: {st.processed} frames, {st.faces} faces processed", file=sys.stderr)
 
 
+class _Watcher(threading.Thread):
+    """One MJPEG viewer of the web view: reads ``preview.mjpg`` until halted."""
+
+    def __init__(self, url: str, halt: threading.Event) -> None:
+        super().__init__(daemon=True, name="bench-watcher")
+        self.url, self.halt, self.bytes = url, halt, 0
+
+    def run(self) -> None:
+        import urllib.error
+        import urllib.request
+
+        while not self.halt.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    while not self.halt.is_set():
+                        chunk = r.read1(65536)
+                        if not chunk:
+                            break
+                        self.bytes += len(chunk)
+            except (OSError, urllib.error.URLError):
+                self.halt.wait(0.2)  # the stream has no frame yet (503), or it ended
+
+
+@dataclass
+class _BenchView:
+    view: Any
+    watchers: list[_Watcher]
+    halt: threading.Event = field(default_factory=threading.Event)
+
+    def start_watching(self) -> None:
+        for w in self.watchers:
+            w.start()
+
+    def result(self, per_stream: int) -> dict[str, Any]:
+        self.halt.set()
+        hub, view_settings = self.view.ctx.hub, self.view.ctx.settings
+        out = {
+            "url": self.view.url,
+            "watchers_per_stream": per_stream,
+            "frames_encoded": hub.encoded_frames,
+            "encode_ms_mean": round(1000 * hub.encode_s / max(hub.encoded_frames, 1), 2),
+            "encode_s_total": round(hub.encode_s, 3),
+            "mjpeg_bytes": sum(w.bytes for w in self.watchers),
+            "preview_fps": view_settings.preview_fps,
+            "blur_faces": view_settings.blur_faces,
+        }
+        self.view.close()
+        return out
+
+
+def _start_view(
+    worker: Any, settings: WorkerSettings, ids: list[str], watchers: int
+) -> _BenchView | None:
+    """The web view on ``settings.view.http`` with ``watchers`` viewers per stream."""
+    if not settings.view.http:
+        return None
+    from pipeline.control.web import start_view
+
+    view = start_view(worker, settings.view)
+    bench_view = _BenchView(view, [])
+    bench_view.watchers = [
+        _Watcher(f"{view.url}streams/{sid}/preview.mjpg", bench_view.halt)
+        for sid in ids
+        for _ in range(watchers)
+    ]
+    return bench_view
+
+
 def run_bench(
-    source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1
+    source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1, watchers: int = 0
 ) -> dict[str, Any]:
     from pipeline.media.sources import parse_source
     from pipeline.runtime.worker import Worker, load_parts, with_models_dir
@@ -87,17 +155,22 @@ def run_bench(
     sink = CountingSink()
     parts, ctx = load_parts(settings, [sink])
     worker = Worker(settings, parts, ctx)
+    ids = [f"{base.stream_id}-{i}" for i in range(streams)]
+    view = _start_view(worker, settings, ids, watchers)
     proc = psutil.Process()
     cpu0 = proc.cpu_times()
     progress = _Progress(worker)
     t0 = time.perf_counter()
     progress.start()
-    for i in range(streams):
-        worker.add_stream(replace(base, stream_id=f"{base.stream_id}-{i}"))
+    for sid in ids:
+        worker.add_stream(replace(base, stream_id=sid))
+    if view is not None:
+        view.start_watching()
     worker.wait(threading.Event())
     elapsed = time.perf_counter() - t0
     stats = worker.stats()
     lat = np.asarray(parts.publisher.stats().latency_ms or [0.0])
+    view_result = view.result(watchers) if view is not None else None
     worker.stop("eof")
     progress.halt.set()
     cpu1 = proc.cpu_times()
@@ -128,4 +201,5 @@ def run_bench(
         "decode_only": decode,
         "ratio_to_decode": round(fps / streams / max(decode["frames_per_s"], 1e-9), 4),
         "batcher": None if stats.batcher is None else stats.batcher.as_dict(),
+        "view": view_result,
     }
