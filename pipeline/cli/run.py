@@ -13,8 +13,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import KafkaSettings, RedisSettings, WorkerSettings
-from pipeline.core.errors import ConfigError
+from pipeline.core.config import (
+    FsyncPolicy,
+    KafkaSettings,
+    LogFullPolicy,
+    RedisSettings,
+    WorkerSettings,
+)
+from pipeline.core.errors import ConfigError, SinkError
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,33 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
 
 
+def add_delivery_options(p: argparse.ArgumentParser) -> None:
+    """The event log's options (``DeliverySettings``), shared by ``run`` and ``worker``."""
+    p.add_argument("--log-dir", type=Path, help="Event log folder; one subfolder per worker id.")
+    p.add_argument("--log-max-mb", type=float, help="Event log size limit in MiB (default 1024).")
+    p.add_argument(
+        "--log-full-policy",
+        choices=[x.value for x in LogFullPolicy],
+        help="At the size limit: drop_oldest (counted, logged) or block the pipeline.",
+    )
+    p.add_argument(
+        "--log-fsync",
+        choices=[x.value for x in FsyncPolicy],
+        help="always: fsync every append; normal (default): survives kill -9; off.",
+    )
+
+
+def _delivery_update(args: argparse.Namespace) -> dict[str, Any]:
+    mb = getattr(args, "log_max_mb", None)
+    update = {
+        "log_dir": getattr(args, "log_dir", None),
+        "max_bytes": int(mb * (1 << 20)) if mb is not None else None,
+        "full_policy": getattr(args, "log_full_policy", None),
+        "fsync": getattr(args, "log_fsync", None),
+    }
+    return {k: v for k, v in update.items() if v is not None}
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run = sub.add_parser("run", help="Run the pipeline on files / RTSP / HTTP sources.")
     run.add_argument(
@@ -74,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("--worker-id", default="worker-0", help="worker_id carried in every event.")
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     add_worker_options(run)
+    add_delivery_options(run)
     run.set_defaults(func=cmd_run)
 
     bench = sub.add_parser("bench", help="Measure the pipeline on a clip against bare decoding.")
@@ -125,8 +159,15 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
                 "enabled": not args.no_batching,
             }
         )
+        delivery = s.delivery.model_copy(update=_delivery_update(args))
         s = s.model_copy(
-            update={"source": source, "emotion": emotion, "detector": detector, "batch": batch}
+            update={
+                "source": source,
+                "emotion": emotion,
+                "detector": detector,
+                "batch": batch,
+                "delivery": delivery,
+            }
         )
         # model_copy skips validation: validate the result once, here at the edge.
         return WorkerSettings.model_validate(s.model_dump())
@@ -191,7 +232,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     worker.wait(stop)
     stats = worker.stats()
     failed = worker.failed_streams()
-    worker.stop("shutdown" if stop.is_set() else "eof")
+    undelivered: SinkError | None = None
+    try:
+        worker.stop("shutdown" if stop.is_set() else "eof")
+    except SinkError as exc:  # printed after the summary; the events stay in the log
+        undelivered = exc
+    stats["sinks"] = worker.stats()["sinks"]  # after the drain
     summary = summarise(stats, time.time() - t0)
     out = sys.stderr if "stdout" in _sink_specs(args) else sys.stdout
     if args.json:
@@ -200,6 +246,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(render_summary(summary), file=out)
     for sid, err in failed.items():
         print(f"error: stream {sid}: {err}", file=sys.stderr)
+    if undelivered is not None:
+        raise undelivered
     return 1 if failed else 0
 
 
@@ -224,6 +272,7 @@ def summarise(stats: dict[str, Any], elapsed: float) -> dict[str, Any]:
         "per_stream": streams,
         "batcher": stats["batcher"],
         "sink_errors": stats["sink_errors"],
+        "sinks": stats.get("sinks", {}),
     }
 
 
@@ -241,6 +290,12 @@ def render_summary(s: dict[str, Any]) -> str:
         f"{'total':<28} {s['frames_decoded']:>7} {s['frames_processed']:>6} {s['faces']:>6} "
         f"{s['tracks']:>6} {s['frames_per_s']:>7.1f}  {s['events']} events in {s['elapsed_s']:.1f} s"
     )
+    for name, d in s.get("sinks", {}).items():
+        lines.append(
+            f"sink {name}: delivered {d['delivered']}, pending {d['pending']} "
+            f"(oldest {d['oldest_pending_age_s']:.1f} s), retried {d['retried']}, "
+            f"dropped {d['dropped']}"
+        )
     total = max(sum(s["emotions"].values()), 1)
     lines.append(
         "emotions: "

@@ -142,6 +142,9 @@ def _register_worker(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     )
     w.add_argument("--no-batching", action="store_true", help="Classify each frame on its own.")
     w.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
+    from pipeline.cli.run import add_delivery_options
+
+    add_delivery_options(w)
     w.set_defaults(func=cmd_worker, every=1, max_frames=None, realtime=False, loop=False)
 
 

@@ -51,6 +51,12 @@ class StreamHost(Protocol):
     def stream_ids(self) -> list[str]: ...
 
 
+def _sinks_behind(host: Any) -> dict[str, Any]:
+    """Sinks of the host's event log that are failing or lagging (hosts without one: none)."""
+    behind = getattr(host, "sinks_behind", None)
+    return behind() if callable(behind) else {}
+
+
 @dataclass(frozen=True)
 class GroupSettings:
     """Consumer-group timing. Hand-over after a crash is about ``session_timeout_ms`` plus
@@ -113,6 +119,7 @@ class GroupRunner:
                 "joined": self.assignments > 0,
                 "partitions": sorted(self._assigned),
                 "streams": sorted(self._running),
+                "sinks_behind": _sinks_behind(self.host),
             }
         )
         return ok and self.assignments > 0, detail

@@ -40,6 +40,36 @@ _STREAM_FIELDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+#: Worker.stats()['sinks'][name] key -> (metric suffix, help, is_counter)
+_SINK_FIELDS: dict[str, tuple[str, str, bool]] = {
+    "pending": (
+        "pending_events",
+        "Events in the event log not yet acknowledged by the sink.",
+        False,
+    ),
+    "oldest_pending_age_s": (
+        "oldest_pending_age_seconds",
+        "Age of the oldest event the sink has not acknowledged.",
+        False,
+    ),
+    "delivered": ("delivered_events", "Events the sink acknowledged.", True),
+    "retried": ("retried_events", "Events whose delivery failed and was retried.", True),
+    "dropped": ("dropped_events", "Undelivered events dropped by the log's full policy.", True),
+}
+
+
+def _sink_families(sinks: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    for key, (name, doc, is_counter) in _SINK_FIELDS.items():
+        fam: CounterMetricFamily | GaugeMetricFamily
+        if is_counter:
+            fam = CounterMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
+        else:
+            fam = GaugeMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
+        for sink, d in sinks.items():
+            fam.add_metric([sink], float(d.get(key, 0)))
+        yield fam
+
+
 class WorkerCollector(Collector):
     """Turns a ``stats()`` snapshot into metric families at each scrape."""
 
@@ -80,6 +110,7 @@ class WorkerCollector(Collector):
         elif isinstance(sink_errors, int | float):
             errs.add_metric(["all"], float(sink_errors))
         yield errs
+        yield from _sink_families(st.get("sinks", {}))
         batcher = st.get("batcher", {})
         for k, v in batcher.items():
             if isinstance(v, int | float) and not isinstance(v, bool):

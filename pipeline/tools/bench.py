@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -81,13 +83,15 @@ def run_bench(
     source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1
 ) -> dict[str, Any]:
     from pipeline.media.sources import parse_source
+    from pipeline.runtime.eventlog import EventLog
     from pipeline.runtime.worker import Worker, load_parts, with_models_dir
 
     settings = with_models_dir(settings, models_dir)
     base = parse_source(source)
     decode = bare_decode_fps(base.url if "://" in source else source, settings.source.max_frames)
     sink = CountingSink()
-    parts, ctx = load_parts(settings, [sink])
+    log = EventLog(Path(tempfile.mkdtemp(prefix="es-bench-log-")), settings.delivery)
+    parts, ctx = load_parts(settings, [sink], log)
     worker = Worker(settings, parts, ctx)
     proc = psutil.Process()
     cpu0 = proc.cpu_times()
@@ -101,6 +105,7 @@ def run_bench(
     stats = worker.stats()
     lat = np.asarray(parts.publisher.stats().latency_ms or [0.0])
     worker.stop("eof")
+    shutil.rmtree(log.folder, ignore_errors=True)
     progress.halt.set()
     cpu1 = proc.cpu_times()
     st = stats["streams"].values()
