@@ -69,6 +69,8 @@ class EventLog:
         if last is None:  # empty: continue after the highest committed position
             last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM cursors").fetchone()[0]
         self._last: int = int(last)
+        # A sink that had caught up owes nothing: forget it, so it cannot pin later rows.
+        self._db.execute("DELETE FROM cursors WHERE seq >= ?", (self._last,))
         self._cursors: dict[str, int] = dict(self._db.execute("SELECT sink, seq FROM cursors"))
         self.appended = 0
         self.dropped: dict[str, int] = {}
