@@ -1,4 +1,5 @@
-"""``emotion-stream soak``: live-paced streams under injected Kafka and Redis outages."""
+"""``emotion-stream soak`` (live-paced streams under injected Kafka and Redis outages) and
+``emotion-stream bench-log`` (the event log's append and drain cost)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "--models", type=Path, default=Path("models"), help="Model folder (default: models)."
     )
     p.set_defaults(func=cmd_soak)
+
+    lb = sub.add_parser("bench-log", help="Measure the event log: append and drain events/s.")
+    lb.add_argument("--frames", type=int, default=2000, help="Frames of 6 events (default 2000).")
+    lb.set_defaults(func=cmd_logbench)
+
+
+def cmd_logbench(args: argparse.Namespace) -> int:
+    from pipeline.tools.logbench import run_logbench
+
+    if args.frames < 1:
+        raise ConfigError("bench-log: --frames must be positive")
+    print(json.dumps(run_logbench(args.frames)))
+    return 0
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
