@@ -117,7 +117,14 @@ def kafka_ids(bootstrap: str, expect: int, timeout: float = 60.0) -> Counter[str
 def assert_all_in_kafka(accepted: list[str], bootstrap: str) -> Counter[str]:
     in_kafka = kafka_ids(bootstrap, len(set(accepted)))
     missing = set(accepted) - set(in_kafka)
-    assert not missing, f"{len(missing)} of {len(set(accepted))} accepted events not in Kafka"
+    where = (
+        sorted(accepted.index(m) for m in missing)[:3]
+        + sorted(accepted.index(m) for m in missing)[-3:]
+    )
+    assert not missing, (
+        f"{len(missing)} of {len(set(accepted))} accepted events not in Kafka "
+        f"(first/last missing at positions {where}; {sum(in_kafka.values())} messages read)"
+    )
     return in_kafka
 
 
@@ -149,6 +156,7 @@ def test_faults_broker_restart_with_persistent_storage_loses_nothing(
         time.sleep(OUTAGE_S / 2)
         broker.start()
         summary = run.finish()
+        print(json.dumps(summary["sinks"]))
         accepted = jsonl_ids(run.jsonl)
         assert_all_in_kafka(accepted, broker.bootstrap)
     assert summary["sinks"][f"kafka:{TOPIC}"]["outages_s"]
