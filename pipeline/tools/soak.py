@@ -178,6 +178,7 @@ def verify(work: Path, servers: Servers) -> dict[str, Any]:
         KafkaSettings(bootstrap=servers.kafka.bootstrap),
         TOPIC,
         auto_offset_reset="earliest",
+        fetch_max_wait_ms=500,  # tansu on S3 stalls on many short fetch waits
         consumer_timeout_ms=5000,
     )
     in_kafka: Counter[str] = Counter()
