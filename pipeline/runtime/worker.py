@@ -1,5 +1,6 @@
 """The worker: many streams in one process, sharing one detector, one emotion engine behind
-a cross-stream micro-batcher, and one publisher that owns the sinks."""
+a cross-stream micro-batcher, and one publisher: the worker's durable event log (one folder per
+worker id) read by one delivery thread per sink."""
 
 from __future__ import annotations
 
