@@ -42,3 +42,33 @@ def test_metrics_per_sink_pending_and_retried(tmp_path: Path) -> None:
     assert "emotion_stream_sink_oldest_pending_age_seconds" in text
     with pytest.raises(SinkError, match="kafka:events: 2"):
         pub.close(timeout=0.1)
+
+
+def test_readyz_names_the_sinks_behind(tmp_path: Path) -> None:
+    from pipeline.control.group import GroupRunner, GroupSettings
+    from pipeline.core.config import KafkaSettings, SourceSettings, TrackerSettings, WorkerSettings
+    from pipeline.core.events import EventContext
+    from pipeline.runtime.stream import StreamParts
+    from pipeline.runtime.worker import Worker
+
+    log = EventLog(tmp_path, DeliverySettings(retry_initial_s=0.01, retry_max_s=0.02))
+    pub = Publisher(log, [_DownSink()])
+    parts = StreamParts(None, None, pub, 64, TrackerSettings(), 0.3)  # type: ignore[arg-type]
+    worker = Worker(WorkerSettings(), parts, EventContext("w", "s", "d", "c", "b", "p"))
+    pub.start()
+    pub.put([{"event_id": "a"}])
+    with pytest.raises(SinkError):
+        pub.flush(timeout=0.3)
+    group = GroupRunner(
+        worker,
+        KafkaSettings(bootstrap="127.0.0.1:9"),
+        GroupSettings(),
+        "w",
+        None,
+        SourceSettings(),
+    )
+    _, detail = group.ready()
+    behind = detail["sinks_behind"]["kafka:events"]
+    assert behind["pending"] == 1 and "broker down" in behind["last_error"]
+    with pytest.raises(SinkError):
+        pub.close(timeout=0.1)
