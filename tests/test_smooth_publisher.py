@@ -2,13 +2,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from pipeline.core.config import DeliverySettings
 from pipeline.core.errors import SinkError
 from pipeline.core.types import Emotions, Faces
+from pipeline.runtime.eventlog import EventLog
 from pipeline.runtime.publisher import Publisher
 from pipeline.stages.smooth import EmaSmoother
 
@@ -28,14 +31,12 @@ def test_smoother_ema_per_track() -> None:
 
 
 class _ListSink:
-    name = "list"
-
-    def __init__(self, fail_write: bool = False, fail_flush: bool = False) -> None:
+    def __init__(self, name: str = "list", fail_write: bool = False) -> None:
+        self.name = name
         self.events: list[dict[str, Any]] = []
         self.flushes = 0
         self.closed = False
         self.fail_write = fail_write
-        self.fail_flush = fail_flush
         self.gate = threading.Event()
         self.gate.set()
 
@@ -47,17 +48,22 @@ class _ListSink:
 
     def flush(self, timeout: float | None = None) -> None:
         self.flushes += 1
-        if self.fail_flush:
-            raise RuntimeError("not acked")
 
     def close(self) -> None:
         self.closed = True
 
 
-def test_publisher_close_drains_everything_in_order() -> None:
+_FAST = DeliverySettings(retry_initial_s=0.01, retry_max_s=0.05, drain_timeout_s=5.0)
+
+
+def _log(tmp_path: Path) -> EventLog:
+    return EventLog(tmp_path / "log", _FAST)
+
+
+def test_publisher_close_drains_everything_in_order(tmp_path: Path) -> None:
     sink = _ListSink()
     sink.gate.clear()
-    pub = Publisher([sink], queue_size=4)
+    pub = Publisher(_log(tmp_path), [sink])
     pub.start()
     feeder = threading.Thread(target=lambda: [pub.put([{"i": i}]) for i in range(50)])
     feeder.start()
@@ -66,24 +72,45 @@ def test_publisher_close_drains_everything_in_order() -> None:
     pub.close()
     assert [e["i"] for e in sink.events] == list(range(50))
     assert sink.closed and sink.flushes >= 1
+    assert pub.stats().sinks["list"]["delivered"] == 50
 
 
-def test_publisher_failing_sink_does_not_stop_others() -> None:
-    bad, good = _ListSink(fail_write=True), _ListSink()
-    pub = Publisher([bad, good])
+def test_publisher_failing_sink_does_not_stop_others(tmp_path: Path) -> None:
+    bad, good = _ListSink("bad", fail_write=True), _ListSink("good")
+    pub = Publisher(_log(tmp_path), [bad, good])
     pub.start()
     pub.put([{"a": 1}])
-    pub.flush()
+    with pytest.raises(SinkError, match="bad"):
+        pub.flush(timeout=0.5)
     assert good.events == [{"a": 1}]
-    assert pub.stats().sink_errors == {"list": 1}
-    pub.close()
+    st = pub.stats().sinks
+    assert st["bad"]["pending"] == 1 and st["bad"]["retried"] >= 1 and st["bad"]["down"]
+    assert st["good"]["pending"] == 0
+    with pytest.raises(SinkError, match="bad: 1"):
+        pub.close(timeout=0.2)
 
 
-def test_publisher_flush_failure_raises_sink_error() -> None:
-    pub = Publisher([_ListSink(fail_flush=True)])
+def test_publisher_restart_replays_what_a_sink_missed(tmp_path: Path) -> None:
+    pub = Publisher(_log(tmp_path), [_ListSink("kafka", fail_write=True)])
+    pub.start()
+    for i in range(5):
+        pub.put([{"i": i}, {"i": i, "face": 2}])
+    with pytest.raises(SinkError):
+        pub.close(timeout=0.2)
+    healthy = _ListSink("kafka")
+    again = Publisher(_log(tmp_path), [healthy])
+    again.start()
+    again.close()
+    assert [e["i"] for e in healthy.events] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_publisher_rebuilds_a_failed_sink(tmp_path: Path) -> None:
+    first = _ListSink("redis", fail_write=True)
+    second = _ListSink("redis")
+    pub = Publisher(_log(tmp_path), [first], rebuild={"redis": lambda: second})
     pub.start()
     pub.put([{"a": 1}])
-    with pytest.raises(SinkError, match="not acked"):
-        pub.flush()
-    with pytest.raises(SinkError):
-        pub.close()
+    pub.flush(timeout=5)
+    assert first.closed and second.events == [{"a": 1}]
+    assert pub.stats().sinks["redis"]["outages_s"]
+    pub.close()

@@ -22,6 +22,7 @@ from pipeline.control.web.server import parse_http
 from pipeline.core.config import RedisSettings, ViewSettings
 from pipeline.core.errors import ConfigError
 from pipeline.core.types import EMOTIONS, Emotions, Faces, Frame, FrameResult
+from pipeline.runtime.stats import StreamStats, WorkerStats
 
 
 def _result(frame_num: int = 0, stream_id: str = "cam1") -> FrameResult:
@@ -114,31 +115,36 @@ class _FakeWorker:
     def set_observer(self, observer: Any) -> None:
         self.observer = observer
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "streams": {
-                "cam1": {
-                    "stream_id": "cam1",
-                    "url": "rtsp://***@cam/1",
-                    "session_id": "s1",
-                    "processed": 7,
-                    "dropped": 1,
-                    "decoded": 8,
-                    "reconnects": 0,
-                    "faces": 14,
-                    "tracks": 2,
-                    "fps": 3.5,
-                    "emotions": {"happy": 7, "sad": 7},
-                    "done": False,
-                    "end_reason": "running",
-                    "error": None,
-                }
-            },
-            "events": 14,
-            "sink_errors": {},
-            "batcher": {},
-            "latency_ms": {"0.5": 12.0, "0.99": 30.0},
-        }
+    def stats(self) -> WorkerStats:
+        cam = StreamStats(
+            stream_id="cam1",
+            url="rtsp://***@cam/1",
+            session_id="s1",
+            decoded=8,
+            dropped=1,
+            reconnects=0,
+            decode_errors=0,
+            epoch=0,
+            state="running",
+            state_reason=None,
+            processed=7,
+            faces=14,
+            tracks=2,
+            emotions={"happy": 7, "sad": 7},
+            fps=3.5,
+            faces_per_s=7.0,
+            detect_ms_mean=0.0,
+            infer_ms_mean=0.0,
+            done=False,
+            end_reason="running",
+            error=None,
+        )
+        return WorkerStats(
+            worker_id="w",
+            streams={"cam1": cam},
+            events=14,
+            latency_ms={"0.5": 12.0, "0.99": 30.0},
+        )
 
 
 def _get(url: str) -> tuple[int, str, bytes]:

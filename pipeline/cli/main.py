@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "pipeline.cli.streams",  # streams add | remove | list
     "pipeline.cli.engines",  # engines build | bench | parity
     "pipeline.cli.doctor",  # doctor
+    "pipeline.cli.soak",  # soak
     "training.cli",  # train, evaluate, export
 )
 

@@ -17,7 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.config import Assignor, DecodeMode, DetectorBackend, DropPolicy, WorkerSettings
+from pipeline.core.config import (
+    Assignor,
+    DecodeMode,
+    DetectorBackend,
+    DropPolicy,
+    FsyncPolicy,
+    LogFullPolicy,
+    WorkerSettings,
+)
 from pipeline.core.config_load import env_var, load_settings
 from pipeline.core.errors import ConfigError
 
@@ -145,6 +153,34 @@ GROUP = (
     Opt("--metrics-host", "metrics.host", "Address the HTTP endpoints bind."),
 )
 
+
+def _mib(text: str) -> int:
+    """``--log-max-mb``: MiB (may be fractional) to bytes."""
+    return int(float(text) * (1 << 20))
+
+
+DELIVERY = (
+    Opt("--log-dir", "delivery.log_dir", "Event log folder; one subfolder per worker id.", Path),
+    Opt(
+        "--log-max-mb",
+        "delivery.max_bytes",
+        "Event log size limit in MiB (default 1024).",
+        _mib,
+        metavar="MIB",
+    ),
+    Opt(
+        "--log-full-policy",
+        "delivery.full_policy",
+        "At the size limit: drop_oldest (counted, logged) or block the pipeline.",
+        choices=[x.value for x in LogFullPolicy],
+    ),
+    Opt(
+        "--log-fsync",
+        "delivery.fsync",
+        "always: fsync every append; normal (default): survives kill -9; off.",
+        choices=[x.value for x in FsyncPolicy],
+    ),
+)
 VIEW = (
     Opt(
         "--http",
@@ -171,7 +207,7 @@ VIEW = (
 #: What ``run`` and ``bench`` share with ``worker`` and ``config show``.
 ENGINE = (*MODELS, *BATCH)
 #: Every flag that sets a field, for ``config show``.
-ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP, *VIEW)
+ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP, *VIEW, *DELIVERY)
 
 
 def add_options(p: argparse.ArgumentParser, *groups: Iterable[Opt]) -> None:

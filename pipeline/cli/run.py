@@ -10,14 +10,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
 from pipeline.core.config import RedisSettings, WorkerSettings
-from pipeline.core.errors import ConfigError
+from pipeline.core.errors import ConfigError, SinkError
 
 if TYPE_CHECKING:
     from pipeline.runtime.stats import BatcherStats, StreamStats, WorkerStats
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     run.add_argument("--json", action="store_true", help="Print the summary as JSON.")
     add_options(run, [opts.CONFIG], opts.IDENTITY, opts.ENGINE, opts.SOURCE, opts.SINKS, opts.VIEW)
+    add_options(run, opts.DELIVERY)
     add_options(run, opts.KAFKA, opts.REDIS[:1])
     run.set_defaults(func=cmd_run)
 
@@ -125,11 +126,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sources ended; still serving {view.url} until Ctrl-C", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
+    undelivered: SinkError | None = None
     try:
         worker.stop("shutdown" if stop.is_set() else "eof")
+    except SinkError as exc:  # printed after the summary; the events stay in the log
+        undelivered = exc
     finally:
         if view is not None:
             view.close()
+    stats = replace(stats, sinks=worker.stats().sinks)  # after the drain
     summary = summarise(stats, time.time() - t0)
     out = sys.stderr if "stdout" in sinks else sys.stdout
     if args.json:
@@ -138,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(render_summary(summary), file=out)
     for sid, err in failed.items():
         print(f"error: stream {sid}: {err}", file=sys.stderr)
+    if undelivered is not None:
+        raise undelivered
     return 1 if failed else 0
 
 
@@ -158,6 +165,8 @@ class RunSummary:
     per_stream: dict[str, StreamStats]
     batcher: BatcherStats | None
     sink_errors: dict[str, int]
+    #: per sink: delivered, pending, oldest_pending_age_s, retried, dropped (after the drain)
+    sinks: dict[str, dict[str, Any]]
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,6 +211,7 @@ def summarise(stats: WorkerStats, elapsed: float) -> RunSummary:
         per_stream=dict(stats.streams),
         batcher=stats.batcher,
         sink_errors=dict(stats.sink_errors),
+        sinks=dict(stats.sinks),
     )
 
 
@@ -221,6 +231,12 @@ def render_summary(s: RunSummary) -> str:
         f"{'total':<28} {s.frames_decoded:>7} {s.frames_processed:>6} {s.faces:>6} "
         f"{s.tracks:>6} {s.frames_per_s:>7.1f}  {s.events} events in {s.elapsed_s:.1f} s"
     )
+    for name, d in s.sinks.items():
+        lines.append(
+            f"sink {name}: delivered {d['delivered']}, pending {d['pending']} "
+            f"(oldest {d['oldest_pending_age_s']:.1f} s), retried {d['retried']}, "
+            f"dropped {d['dropped']}"
+        )
     total = max(sum(s.emotions.values()), 1)
     lines.append(
         "emotions: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in s.emotions.items())

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="Join the worker group on the control topic and run the streams assigned to it.",
     )
     add_options(w, [opts.CONFIG], opts.CONTROL, opts.KAFKA, opts.REDIS[:1], opts.GROUP)
-    add_options(w, opts.IDENTITY, opts.ENGINE, opts.DECODE, opts.VIEW)
+    add_options(w, opts.IDENTITY, opts.ENGINE, opts.DECODE, opts.VIEW, opts.DELIVERY)
     w.set_defaults(func=cmd_worker)
 
 

@@ -44,6 +44,12 @@ class StreamHost(Protocol):
     def stream_ids(self) -> list[str]: ...
 
 
+def _sinks_behind(host: Any) -> dict[str, Any]:
+    """Sinks of the host's event log that are failing or lagging (hosts without one: none)."""
+    behind = getattr(host, "sinks_behind", None)
+    return behind() if callable(behind) else {}
+
+
 def _default_make_spec(url: str, stream_id: str) -> Any:
     from pipeline.media.sources import parse_source
 
@@ -93,6 +99,7 @@ class GroupRunner:
                 "joined": self.assignments > 0,
                 "partitions": sorted(self._assigned),
                 "streams": sorted(self._running),
+                "sinks_behind": _sinks_behind(self.host),
             }
         )
         states = getattr(self.host, "stream_states", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -64,6 +65,36 @@ def _state_family(streams: dict[str, StreamStats]) -> GaugeMetricFamily:
     return fam
 
 
+#: Worker.stats()['sinks'][name] key -> (metric suffix, help, is_counter)
+_SINK_FIELDS: dict[str, tuple[str, str, bool]] = {
+    "pending": (
+        "pending_events",
+        "Events in the event log not yet acknowledged by the sink.",
+        False,
+    ),
+    "oldest_pending_age_s": (
+        "oldest_pending_age_seconds",
+        "Age of the oldest event the sink has not acknowledged.",
+        False,
+    ),
+    "delivered": ("delivered_events", "Events the sink acknowledged.", True),
+    "retried": ("retried_events", "Events whose delivery failed and was retried.", True),
+    "dropped": ("dropped_events", "Undelivered events dropped by the log's full policy.", True),
+}
+
+
+def _sink_families(sinks: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    for key, (name, doc, is_counter) in _SINK_FIELDS.items():
+        fam: CounterMetricFamily | GaugeMetricFamily
+        if is_counter:
+            fam = CounterMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
+        else:
+            fam = GaugeMetricFamily(f"{PREFIX}_sink_{name}", doc, labels=["sink"])
+        for sink, d in sinks.items():
+            fam.add_metric([sink], float(d.get(key, 0)))
+        yield fam
+
+
 class WorkerCollector(Collector):
     """Turns a ``stats()`` snapshot into metric families at each scrape."""
 
@@ -106,6 +137,7 @@ class WorkerCollector(Collector):
         for q, v in st.latency_ms.items():
             lat.add_metric([str(q)], float(v))
         yield lat
+        yield from _sink_families(st.sinks)
         batcher = {} if st.batcher is None else st.batcher.as_dict()
         for k, v in batcher.items():
             if isinstance(v, int | float) and not isinstance(v, bool):

@@ -46,6 +46,21 @@ class DetectorBackend(enum.StrEnum):
     ONNXRUNTIME = "onnxruntime"
 
 
+class LogFullPolicy(enum.StrEnum):
+    """What the worker's event log does when it reaches its size limit."""
+
+    DROP_OLDEST = "drop_oldest"
+    BLOCK = "block"
+
+
+class FsyncPolicy(enum.StrEnum):
+    """How hard the event log pushes each append to disk (SQLite ``synchronous``)."""
+
+    ALWAYS = "always"
+    NORMAL = "normal"
+    OFF = "off"
+
+
 class SourceSettings(StrictModel):
     queue_size: int = Field(8, ge=1, description="Bounded frame queue per stream.")
     drop_policy: DropPolicy = Field(
@@ -204,6 +219,11 @@ class KafkaSettings(BaseSettings):
         5, ge=1, le=5, description="Bounded in-flight requests per connection."
     )
     request_timeout_ms: int = Field(15000, ge=1000, description="Producer request timeout.")
+    max_block_ms: int = Field(
+        10000,
+        ge=100,
+        description="Longest a send may wait for metadata or buffer space (sink thread only).",
+    )
 
     def password(self) -> str | None:
         if self.sasl_password is not None:
@@ -223,6 +243,9 @@ class RedisSettings(BaseSettings):
     password_file: Path | None = Field(None, description="File holding the password.")
     key_prefix: str = Field("es", description="Prefix of every key.")
     ttl_s: int = Field(7 * 24 * 3600, ge=1, description="Keys expire after this long idle.")
+    socket_timeout_s: float = Field(
+        5.0, gt=0, description="Longest one Redis command may wait (a hung server)."
+    )
 
     def secret(self) -> str | None:
         if self.password is not None:
@@ -275,6 +298,35 @@ class SinkSettings(StrictModel):
     )
 
 
+class DeliverySettings(StrictModel):
+    """The worker's durable event log and its per-sink delivery threads."""
+
+    log_dir: Path = Field(
+        Path("out/eventlog"), description="Folder of event logs; each worker uses DIR/WORKER_ID."
+    )
+    max_bytes: int = Field(
+        1 << 30, ge=1 << 16, description="Size limit of the log's undelivered event bytes."
+    )
+    full_policy: LogFullPolicy = Field(
+        LogFullPolicy.DROP_OLDEST,
+        description="At the size limit: drop_oldest (counted, logged) or block the pipeline.",
+    )
+    fsync: FsyncPolicy = Field(
+        FsyncPolicy.NORMAL,
+        description="always: fsync every append; normal: survives kill -9, not power loss; off.",
+    )
+    batch_rows: int = Field(
+        256, ge=1, description="Most log rows (one frame's events each) per sink delivery."
+    )
+    retry_initial_s: float = Field(0.5, gt=0, description="First retry delay of a failed sink.")
+    retry_max_s: float = Field(5.0, gt=0, description="Cap of a sink's retry delay.")
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="At shutdown, wait this long for sinks to catch up; the rest stays logged.",
+    )
+
+
 class WorkerSettings(StrictModel):
     """Everything one worker run needs, built once by the CLI."""
 
@@ -298,3 +350,4 @@ class WorkerSettings(StrictModel):
         False,
         description="Put a small JPEG of each track's best aligned face on its track_end event.",
     )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="Event log.")  # type: ignore[arg-type]

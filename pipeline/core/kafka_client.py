@@ -86,7 +86,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> Any:
         "batch_size": kafka.batch_size,
         "request_timeout_ms": kafka.request_timeout_ms,
         "delivery_timeout_ms": 2 * kafka.request_timeout_ms + linger,
-        "max_block_ms": 10000,
+        "max_block_ms": kafka.max_block_ms,
         "reconnect_backoff_max_ms": 2000,
     }
     config.update(overrides)

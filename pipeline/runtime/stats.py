@@ -72,6 +72,9 @@ class WorkerStats:
     sink_errors: dict[str, int] = field(default_factory=dict)
     #: decode -> publish latency quantiles of recent events ("p50", "p99"), ms
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: sink name -> its delivery figures (pending, oldest_pending_age_s, delivered, retried,
+    #: dropped, down, last_error), from the event log's per-sink cursors
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:

@@ -1,5 +1,6 @@
 """The worker: many streams in one process, sharing one detector, one emotion engine behind
-a cross-stream micro-batcher, and one publisher that owns the sinks."""
+a cross-stream micro-batcher, and one publisher: the worker's durable event log (one folder per
+worker id) read by one delivery thread per sink."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from pipeline.core.config import (
     SourceSettings,
     WorkerSettings,
 )
-from pipeline.core.errors import ConfigError
-from pipeline.runtime.publisher import Publisher
+from pipeline.core.errors import ConfigError, SinkError
+from pipeline.runtime.eventlog import EventLog, open_log
+from pipeline.runtime.publisher import Publisher, SinkFactory
 from pipeline.runtime.stats import WorkerStats
 from pipeline.runtime.stream import StreamParts, StreamRunner
 from pipeline.sinks.base import Sink
@@ -97,10 +99,13 @@ class Worker:
                 self._removed_errors[stream_id] = runner.error
                 while len(self._removed_errors) > MAX_REMEMBERED_ERRORS:
                     del self._removed_errors[next(iter(self._removed_errors))]
-        self.flush()
+        try:
+            self.flush(self.settings.delivery.drain_timeout_s)
+        except SinkError as exc:  # accepted events are in the log; delivery goes on
+            logger.warning("stream %s removed before every sink caught up: %s", stream_id, exc)
 
-    def flush(self) -> None:
-        self._parts.publisher.flush()
+    def flush(self, timeout: float | None = 60.0) -> None:
+        self._parts.publisher.flush(timeout)
 
     def stream_ids(self) -> list[str]:
         with self._lock:
@@ -143,7 +148,17 @@ class Worker:
             events=pub.events,
             sink_errors=dict.fromkeys(self._parts.publisher.sink_names, 0) | pub.sink_errors,
             latency_ms=latency_quantiles(pub.latency_ms[-2000:]),
+            sinks=pub.sinks,
         )
+
+    def sinks_behind(self, max_age_s: float = 5.0) -> dict[str, dict[str, Any]]:
+        """Sinks that are failing or whose oldest undelivered event is older than
+        ``max_age_s``: their pending count, oldest age and last error (for /readyz)."""
+        out = {}
+        for name, d in self._parts.publisher.stats().sinks.items():
+            if d["down"] or d["oldest_pending_age_s"] > max_age_s:
+                out[name] = {k: d[k] for k in ("pending", "oldest_pending_age_s", "last_error")}
+        return out
 
     def stop(self, reason: str = "shutdown", timeout: float = 30.0) -> None:
         """Stop every stream, then drain the publisher and flush every sink (raises SinkError
@@ -159,8 +174,10 @@ class Worker:
         for r in runners:
             r.join(timeout)
         self._parts.batcher.close()
-        self._parts.publisher.close()
-        self._parts.engine_close()
+        try:
+            self._parts.publisher.close()
+        finally:
+            self._parts.engine_close()
 
 
 def latency_quantiles(samples: list[float]) -> dict[str, float]:
@@ -173,8 +190,14 @@ def latency_quantiles(samples: list[float]) -> dict[str, float]:
     return {"0.5": round(p50, 3), "0.99": round(p99, 3)}
 
 
-def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts, ev.EventContext]:
-    """Load the detector and emotion engine (warm), build the batcher and publisher."""
+def load_parts(
+    settings: WorkerSettings,
+    sinks: list[Sink],
+    log: EventLog | None = None,
+    rebuild: dict[str, SinkFactory] | None = None,
+) -> tuple[StreamParts, ev.EventContext]:
+    """Load the detector and emotion engine (warm), build the batcher and the publisher over
+    the worker's event log (``settings.delivery``, one folder per worker id)."""
     from engines.registry import load_engine
     from pipeline.runtime.batcher import MicroBatcher
     from pipeline.stages.detect import FaceDetector
@@ -193,7 +216,11 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
     parts = StreamParts(
         detector=detector,
         batcher=batcher,
-        publisher=Publisher(sinks),
+        publisher=Publisher(
+            log or open_log(settings.delivery.log_dir, settings.worker_id, settings.delivery),
+            sinks,
+            rebuild,
+        ),
         crop=spec.crop,
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
@@ -218,20 +245,34 @@ def build_worker(
     redis: RedisSettings,
     models_dir: Path | None = None,
 ) -> Worker:
-    """Everything a worker needs, from settings: sinks first (so an unreachable Kafka or Redis
-    fails before models load), then models."""
-    from pipeline.sinks import build_sink
+    """Everything a worker needs, from settings: the event log, sinks (so an unreachable Kafka
+    or Redis fails before models load), then models. A file sink that delivered from this log
+    before continues its file, so a resumed run appends what the log still holds."""
+    from pipeline.sinks import build_sink, sink_name
 
     if models_dir is not None:
         settings = with_models_dir(settings, models_dir)
-    sinks = [build_sink(s, kafka, redis) for s in sink_specs]
+    log = open_log(settings.delivery.log_dir, settings.worker_id, settings.delivery)
+    sinks: list[Sink] = []
+    rebuild: dict[str, SinkFactory] = {}
     try:
-        parts, ctx = load_parts(settings, sinks)
+        for spec in sink_specs:
+            sink = build_sink(spec, kafka, redis, append=log.knows(sink_name(spec)))
+            sinks.append(sink)
+            rebuild[sink.name] = _factory(spec, kafka, redis)
+        parts, ctx = load_parts(settings, sinks, log, rebuild)
     except BaseException:
         for s in sinks:
             s.close()
+        log.close()
         raise
     return Worker(settings, parts, ctx)
+
+
+def _factory(spec: str, kafka: KafkaSettings, redis: RedisSettings) -> SinkFactory:
+    from pipeline.sinks import build_sink
+
+    return lambda: build_sink(spec, kafka, redis, append=True)
 
 
 def with_models_dir(settings: WorkerSettings, models_dir: Path) -> WorkerSettings:

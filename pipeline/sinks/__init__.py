@@ -7,22 +7,32 @@ when built, so an unreachable server fails before anything else starts.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.core.config import KafkaSettings, RedisSettings
 from pipeline.core.errors import ConfigError
 from pipeline.sinks.base import Sink
 
 SINK_FORMS = ("jsonl:PATH", "stdout", "kafka", "redis")
 
-__all__ = ["SINK_FORMS", "Sink", "build_sink"]
+
+def sink_name(spec: str) -> str:
+    """The name (and event-log cursor) a file sink spec gets, without opening it."""
+    kind, sep, arg = spec.partition(":")
+    return f"jsonl:{Path(arg)}" if kind == "jsonl" and sep and arg else spec
 
 
-def build_sink(spec: str, kafka: KafkaSettings, redis: RedisSettings) -> Sink:
-    """The sink a ``--sink`` value names (ConfigError listing the valid forms otherwise)."""
+__all__ = ["SINK_FORMS", "Sink", "build_sink", "sink_name"]
+
+
+def build_sink(spec: str, kafka: KafkaSettings, redis: RedisSettings, append: bool = False) -> Sink:
+    """The sink a ``--sink`` value names (ConfigError listing the valid forms otherwise).
+    ``append``: a file sink continues its file instead of truncating it."""
     kind, sep, arg = spec.partition(":")
     if kind == "jsonl" and sep and arg:
         from pipeline.sinks.jsonl import JsonlSink
 
-        return JsonlSink(arg)
+        return JsonlSink(arg, append=append)
     if spec == "stdout":
         from pipeline.sinks.stdout import StdoutSink
 

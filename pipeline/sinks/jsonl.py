@@ -1,4 +1,5 @@
-"""JSON lines file sink: one ``encode(event)`` per line, truncated when opened."""
+"""JSON lines file sink: one ``encode(event)`` per line, truncated when opened (appended to
+when the worker resumes delivering to the same file from its event log)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ class JsonlSink:
     """Writes each run's events to ``path`` (created with its folder, truncated); ``flush``
     fsyncs so a flushed event survives a crash."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, append: bool = False) -> None:
         self.path = Path(path)
         self.name = f"jsonl:{self.path}"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh: IO[bytes] | None = self.path.open("wb")
+            self._fh: IO[bytes] | None = self.path.open("ab" if append else "wb")
         except OSError as exc:
             raise SinkError(
                 f"cannot write events to {self.path}: {exc.strerror}: choose a writable path"

@@ -56,14 +56,23 @@ def track_key(prefix: str, session: str, stream_id: str, track_id: int | str) ->
     return f"{prefix}:track:{session}:{stream_id}:{track_id}"
 
 
-def connect(url: str, password: str | None = None, timeout_s: float = 3.0) -> Any:
-    """A redis-py client that answered PING, or SinkError naming the (redacted) URL."""
+def connect(
+    url: str, password: str | None = None, timeout_s: float = 3.0, socket_timeout_s: float = 10.0
+) -> Any:
+    """A redis-py client that answered PING, or SinkError naming the (redacted) URL. Each
+    command waits at most ``socket_timeout_s`` (a hung server), without silent retries."""
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     shown = redact_url(url)
     try:
         client = redis.Redis.from_url(
-            url, password=password, socket_connect_timeout=timeout_s, socket_timeout=10.0
+            url,
+            password=password,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),
         )
     except ValueError as exc:
         raise ConfigError(
@@ -138,7 +147,9 @@ class RedisAggregateSink:
         self.settings = settings
         self.prefix = settings.key_prefix
         self.name = f"redis:{redact_url(settings.url)}"
-        self._client: Any = connect(settings.url, settings.secret())
+        self._client: Any = connect(
+            settings.url, settings.secret(), socket_timeout_s=settings.socket_timeout_s
+        )
         self._script = self._client.register_script(load_script())
         self._pending: list[tuple[str, str, int, dict[str, Any]]] = []
         self._lost = 0

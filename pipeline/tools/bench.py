@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -147,13 +149,15 @@ def run_bench(
     source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1, watchers: int = 0
 ) -> dict[str, Any]:
     from pipeline.media.sources import parse_source
+    from pipeline.runtime.eventlog import EventLog
     from pipeline.runtime.worker import Worker, load_parts, with_models_dir
 
     settings = with_models_dir(settings, models_dir)
     base = parse_source(source)
     decode = bare_decode_fps(base.url if "://" in source else source, settings.source.max_frames)
     sink = CountingSink()
-    parts, ctx = load_parts(settings, [sink])
+    log = EventLog(Path(tempfile.mkdtemp(prefix="es-bench-log-")), settings.delivery)
+    parts, ctx = load_parts(settings, [sink], log)
     worker = Worker(settings, parts, ctx)
     ids = [f"{base.stream_id}-{i}" for i in range(streams)]
     view = _start_view(worker, settings, ids, watchers)
@@ -172,6 +176,7 @@ def run_bench(
     lat = np.asarray(parts.publisher.stats().latency_ms or [0.0])
     view_result = view.result(watchers) if view is not None else None
     worker.stop("eof")
+    shutil.rmtree(log.folder, ignore_errors=True)
     progress.halt.set()
     cpu1 = proc.cpu_times()
     frames, decoded, faces = stats.processed, stats.decoded, stats.faces

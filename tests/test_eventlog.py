@@ -1,0 +1,101 @@
+"""The worker's durable event log: cursors, trimming, replay after reopen, full policies."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.config import DeliverySettings, LogFullPolicy
+from pipeline.core.errors import ConfigError
+from pipeline.runtime.eventlog import EventLog, open_log
+
+
+def _events(i: int, n: int = 2) -> list[dict[str, object]]:
+    return [{"event_id": f"e{i}-{k}", "stream_id": "s", "pad": "x" * 100} for k in range(n)]
+
+
+def test_eventlog_commit_trims_only_below_every_cursor(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    log.attach("a")
+    log.attach("b")
+    seqs = [log.append(_events(i)) for i in range(4)]
+    log.commit("a", seqs[-1])
+    assert [r.seq for r in log.read(0, 10)] == seqs
+    assert log.pending("a") == (0, 0.0)
+    assert log.pending("b")[0] == 8
+    log.commit("b", seqs[1])
+    assert [r.seq for r in log.read(0, 10)] == seqs[2:]
+    log.close()
+
+
+def test_eventlog_reopen_keeps_cursors_and_undelivered_rows(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    log.attach("kafka")
+    seqs = [log.append(_events(i)) for i in range(3)]
+    log.commit("kafka", seqs[0])
+    log.close()
+    again = EventLog(tmp_path)
+    assert again.cursor("kafka") == seqs[0]
+    rows = again.read(again.cursor("kafka"), 10)
+    assert [e["event_id"] for r in rows for e in r.events] == ["e1-0", "e1-1", "e2-0", "e2-1"]
+    again.close()
+
+
+def test_eventlog_seq_keeps_growing_after_the_log_empties(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    log.attach("a")
+    first = log.append(_events(0))
+    log.commit("a", first)
+    log.close()
+    again = EventLog(tmp_path)
+    assert again.append(_events(1)) == first + 1
+    assert again.read(again.cursor("a"), 10)[0].events[0]["event_id"] == "e1-0"
+    again.close()
+
+
+def test_eventlog_drop_oldest_counts_per_sink(tmp_path: Path) -> None:
+    settings = DeliverySettings(max_bytes=1 << 16)
+    log = EventLog(tmp_path, settings)
+    log.attach("slow")
+    for i in range(400):  # ~150 bytes per event, 2 per row: well past 64 KiB
+        log.append(_events(i))
+    dropped = log.dropped["slow"]
+    assert dropped > 0
+    assert log.size_bytes <= settings.max_bytes
+    assert log.pending("slow")[0] + dropped == 800
+    log.close()
+
+
+def test_eventlog_block_policy_waits_for_the_sink(tmp_path: Path) -> None:
+    settings = DeliverySettings(max_bytes=1 << 16, full_policy=LogFullPolicy.BLOCK)
+    log = EventLog(tmp_path, settings)
+    log.attach("slow")
+    while log.size_bytes < settings.max_bytes - 1000:
+        log.append(_events(0))
+    done = threading.Event()
+    threading.Thread(target=lambda: (log.append(_events(1, 10)), done.set()), daemon=True).start()
+    assert not done.wait(0.5)
+    log.commit("slow", log.last_seq)
+    assert done.wait(5)
+    assert log.blocked_s > 0.4 and not log.dropped
+    log.close()
+
+
+def test_eventlog_second_opener_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path, "w1", DeliverySettings())
+    with pytest.raises(ConfigError, match="in use by another process"):
+        open_log(tmp_path, "w1", DeliverySettings())
+    log.close()
+    open_log(tmp_path, "w1", DeliverySettings()).close()
+
+
+def test_eventlog_pending_age_grows(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    log.attach("a")
+    log.append(_events(0))
+    time.sleep(0.05)
+    assert log.pending("a")[1] >= 0.05
+    log.close()
