@@ -13,6 +13,7 @@ from pipeline.core.config import DeliverySettings
 from pipeline.core.errors import SinkError
 from pipeline.runtime.eventlog import EventLog
 from pipeline.runtime.publisher import Publisher
+from pipeline.runtime.stats import WorkerStats
 
 
 class _DownSink:
@@ -35,7 +36,7 @@ def test_metrics_per_sink_pending_and_retried(tmp_path: Path) -> None:
     pub.put([{"event_id": "a"}, {"event_id": "b"}])
     with pytest.raises(SinkError):
         pub.flush(timeout=0.3)
-    text = Metrics(lambda: {"streams": {}, "sinks": pub.stats().sinks}).render().decode()
+    text = Metrics(lambda: WorkerStats("w", sinks=pub.stats().sinks)).render().decode()
     assert 'emotion_stream_sink_pending_events{sink="kafka:events"} 2.0' in text
     assert 'emotion_stream_sink_delivered_events_total{sink="kafka:events"} 0.0' in text
     assert 'emotion_stream_sink_retried_events_total{sink="kafka:events"}' in text

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, cast
 
 import numpy as np
 
@@ -71,7 +71,13 @@ class ModelField(TypedDict):
     precision: str
 
 
-class FaceEvent(TypedDict):
+class _Epoch(TypedDict, total=False):
+    """Optional in every v1 event: the capture epoch (absent: 0)."""
+
+    epoch: int
+
+
+class FaceEvent(_Epoch):
     """One detected face of one processed frame (``$defs/face`` in the schema)."""
 
     schema: str
@@ -80,7 +86,6 @@ class FaceEvent(TypedDict):
     timestamp: str
     pts: float | None
     frame_num: int
-    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
@@ -105,14 +110,17 @@ class Thumbnail(TypedDict):
     frame_num: int
 
 
-class TrackEndEvent(TypedDict):
+class _TrackEndOptional(_Epoch, total=False):
+    thumbnail: Thumbnail
+
+
+class TrackEndEvent(_TrackEndOptional):
     """A track ended: it left the view, or its stream ended (``$defs/track_end``)."""
 
     schema: str
     type: Literal["track_end"]
     event_id: str
     timestamp: str
-    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
@@ -127,17 +135,15 @@ class TrackEndEvent(TypedDict):
     faces: int
     emotions: dict[str, int]
     dominant: str | None
-    thumbnail: NotRequired[Thumbnail]
 
 
-class StreamEndEvent(TypedDict):
+class StreamEndEvent(_Epoch):
     """A stream stopped (``$defs/stream_end``)."""
 
     schema: str
     type: Literal["stream_end"]
     event_id: str
     timestamp: str
-    epoch: NotRequired[int]
     stream_id: str
     session_id: str
     worker_id: str
