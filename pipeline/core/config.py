@@ -77,6 +77,52 @@ class DetectorSettings(StrictModel):
         (),
         description="ONNX Runtime execution providers; empty picks CUDA/TensorRT when present, else CPU.",
     )
+    fit_aspect: bool = Field(
+        True,
+        description="Shrink the detector canvas to the frame's aspect (multiple of 32) instead of "
+        "letterboxing into the full input_size square: same scale, less padding to compute.",
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads of the detector; 0 picks for the machine."
+    )
+    max_batch: int = Field(
+        8, ge=1, description="Most frames (across streams) in one detector call."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a frame waits for other streams' frames to batch with."
+    )
+
+
+class IntervalMode(enum.StrEnum):
+    """When the detector runs between its regular interval."""
+
+    FIXED = "fixed"  # exactly every N processed frames
+    AUTO = "auto"  # every N frames, and sooner when a track is lost/uncertain or the scene cuts
+
+
+class IntervalSettings(StrictModel):
+    """Detect on an interval, carry tracks by optical flow in between (DeepStream's interval)."""
+
+    every: int = Field(
+        5, ge=1, description="Run the detector on every Nth processed frame of a stream (1: all)."
+    )
+    mode: IntervalMode = Field(
+        IntervalMode.AUTO, description="fixed, or auto: also detect sooner when tracking is unsure."
+    )
+    min_points: int = Field(
+        4, ge=2, description="Flow points a face needs to be carried; fewer loses the track."
+    )
+    max_fb_error_px: float = Field(
+        1.5, gt=0, description="Forward-backward flow error above which a point is dropped."
+    )
+    uncertain_score: float = Field(
+        0.6, ge=0, le=1, description="auto: a carried face whose detector score was below this "
+        "(or whose flow kept under 60% of points) triggers a detection on the next frame.",
+    )
+    scene_change: float = Field(
+        30.0, gt=0, description="auto: mean absolute gray difference (0-255, at 1/8 scale) to "
+        "the last detected frame above which the scene counts as cut.",
+    )
 
 
 class EmotionSettings(StrictModel):
@@ -90,6 +136,10 @@ class EmotionSettings(StrictModel):
     precision: str = Field("fp32", description="Engine precision: fp32, fp16 or int8.")
     smoothing_alpha: float = Field(
         0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
+    )
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads of the emotion engine; 0 picks for "
+        "the machine."
     )
 
 
@@ -182,3 +232,4 @@ class WorkerSettings(StrictModel):
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
     tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
+    interval: IntervalSettings = Field(default_factory=IntervalSettings, description="Detection interval.")  # type: ignore[arg-type]

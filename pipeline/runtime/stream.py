@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.core import events as ev
-from pipeline.core.config import TrackerSettings
+from pipeline.core.config import IntervalSettings, TrackerSettings
 from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
 from pipeline.stages.align import align_faces
+from pipeline.stages.motion import IntervalTracker
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.track import Tracker
 
@@ -37,6 +38,8 @@ class StreamCounters:
     started_at: float = field(default_factory=time.time)
     infer_ms: float = 0.0
     detect_ms: float = 0.0
+    flow_ms: float = 0.0
+    detected_frames: int = 0
     labels: Counter[str] = field(default_factory=Counter)
 
 
@@ -51,6 +54,10 @@ class StreamParts:
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
+    #: Detection interval (default: detect every frame) and the (cross-stream batched)
+    #: detect call; None calls ``detector.detect`` directly.
+    interval: IntervalSettings = field(default_factory=lambda: IntervalSettings(every=1))
+    detect: Callable[[Any], Any] | None = None
 
 
 class StreamRunner:
@@ -64,6 +71,7 @@ class StreamRunner:
         self.ctx = ctx
         self._p = parts
         self._tracker = Tracker(parts.tracker)
+        self._interval = IntervalTracker(parts.interval, self._tracker)
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
         self._stop = threading.Event()
@@ -124,9 +132,9 @@ class StreamRunner:
 
     def process(self, frame: Frame) -> FrameResult:
         t0 = time.perf_counter()
-        faces = self._p.detector.detect(frame.image)
+        step = self._interval.step(frame.image, self._p.detect or self._p.detector.detect)
+        faces, ended = step.faces, list(step.ended)
         t1 = time.perf_counter()
-        faces, ended = self._tracker.update(faces)
         probs = np.zeros((0, len(EMOTIONS)), np.float32)
         if len(faces):
             crops = align_faces(frame.image, faces, self._p.crop_size)
@@ -134,8 +142,10 @@ class StreamRunner:
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
         smoothed = self._smoother.update(faces, emotions)
-        result = FrameResult(frame, faces, emotions, smoothed, tuple(ended))
+        result = FrameResult(frame, faces, emotions, smoothed, tuple(ended), step.detected)
         self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        self.counters.flow_ms += step.flow_ms
+        self.counters.detected_frames += int(bool(step.reason))
         out = ev.face_events(result, self.ctx)
         out += self._track_end_events(ended)
         self._p.publisher.put(out, frame.decoded_at)
@@ -169,7 +179,7 @@ class StreamRunner:
         return out
 
     def _finish(self) -> None:
-        out = self._track_end_events(self._tracker.end_all())
+        out = self._track_end_events(self._interval.end_all())
         frames = self.source.stats().decoded
         out.append(
             ev.stream_end_event(self.stream_id, frames, self.end_reason, self.ctx, self.error)
@@ -194,6 +204,8 @@ class StreamRunner:
             "faces_per_s": c.faces / elapsed,
             "detect_ms_mean": c.detect_ms / max(c.processed, 1),
             "infer_ms_mean": c.infer_ms / max(c.processed, 1),
+            "flow_ms_mean": c.flow_ms / max(c.processed, 1),
+            "detected_frames": c.detected_frames,
             "done": self.done,
             "end_reason": self.end_reason,
             "error": self.error,

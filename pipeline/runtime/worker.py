@@ -130,22 +130,31 @@ class Worker:
 
 
 def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts, ev.EventContext]:
-    """Load the detector and emotion engine (warm), build the batcher and publisher."""
-    from engines.registry import load_engine
+    """Load the detector and emotion engine (warm), build the batchers and publisher."""
     from pipeline.runtime.batcher import MicroBatcher
+    from pipeline.runtime.detect_batcher import DetectBatcher
+    from pipeline.runtime.threads import plan_threads, tune_malloc
     from pipeline.stages.detect import FaceDetector
 
-    detector = FaceDetector(settings.detector)
-    engine = load_engine(
-        settings.emotion.model,
-        backend=settings.emotion.backend,
-        precision=settings.emotion.precision,
-        max_batch=settings.batch.max_batch,
+    tune_malloc()
+    threads = plan_threads(settings.detector.threads, settings.emotion.threads)
+    logger.info(
+        "threads on %d cores: detector %d, emotion %d", threads.cores, threads.detector, threads.emotion
     )
+    detector = FaceDetector(settings.detector, threads=threads.detector)
+    engine = _load_emotion_engine(settings, threads.emotion)
     spec = engine.input_spec
     batcher = MicroBatcher(
         engine, settings.batch.max_batch, settings.batch.max_wait_ms, enabled=settings.batch.enabled
     )
+    detect_batcher = DetectBatcher(
+        detector, settings.detector.max_batch, settings.detector.max_wait_ms
+    )
+
+    def close() -> None:
+        detect_batcher.close()
+        engine.close()
+
     parts = StreamParts(
         detector=detector,
         batcher=batcher,
@@ -153,7 +162,9 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         crop_size=spec.height,
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
-        engine_close=engine.close,
+        engine_close=close,
+        interval=settings.interval,
+        detect=detect_batcher.detect,
     )
     ctx = ev.EventContext(
         worker_id=settings.worker_id,
@@ -164,6 +175,25 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         precision=engine.precision,
     )
     return parts, ctx
+
+
+def _load_emotion_engine(settings: WorkerSettings, threads: int) -> Any:
+    """The warm emotion engine; on ONNX Runtime with ``threads`` intra-op threads."""
+    from engines.registry import load_engine, resolve_backend
+
+    config = None
+    model = Path(settings.emotion.model)
+    if model.is_file() and resolve_backend(model, settings.emotion.backend)[0] == "onnxruntime":
+        from engines.backends.onnxruntime import OnnxRuntimeConfig
+
+        config = OnnxRuntimeConfig(intra_op_threads=threads, inter_op_threads=1)
+    return load_engine(
+        model,
+        backend=settings.emotion.backend,
+        precision=settings.emotion.precision,
+        max_batch=settings.batch.max_batch,
+        config=config,
+    )
 
 
 def build_worker(
