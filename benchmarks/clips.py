@@ -118,7 +118,7 @@ def compose(
         boxes.append((k, p.box + np.array([x, y, x, y], np.float32)))
     out = []
     for k, b in boxes:
-        x1, y1, x2, y2 = (int(round(v)) for v in b)
+        x1, y1, x2, y2 = (round(float(v)) for v in b)
         area = max((x2 - x1) * (y2 - y1), 1)
         cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, w), min(y2, h)
         seen = 0
@@ -137,7 +137,7 @@ def faces7_places(n: int, patches: list[Patch]) -> list[list[tuple[int, int] | N
             ph, pw = p.image.shape[:2]
             a = 2 * math.pi * i / (n / (1 + k % 3)) + k
             dx, dy = 55 * math.sin(a), 30 * math.cos(0.7 * a)
-            row.append((int(round(cx - pw / 2 + dx)), int(round(cy - ph / 2 + dy))))
+            row.append((round(cx - pw / 2 + dx), round(cy - ph / 2 + dy)))
         frames.append(row)
     return frames
 
@@ -155,7 +155,7 @@ def crossing_places(n: int, patches: list[Patch]) -> list[list[tuple[int, int] |
             t = i - start
             x0 = -pw if v > 0 else SIZE[0]
             x = x0 + v * t
-            row.append(None if t < 0 or x > SIZE[0] or x < -pw else (int(round(x)), y))
+            row.append(None if t < 0 or x > SIZE[0] or x < -pw else (round(x), y))
         frames.append(row)
     return frames
 
@@ -171,7 +171,10 @@ def make_clip(name: str, out_dir: Path, frames: int = 240) -> tuple[Path, Path]:
         patches = [
             cut_patches(paths[k], [px])[0]
             for k, px in (
-                ("feat_su", 90), ("feat_hao", 80), ("feat_anc", 100), ("feat_di", 70),
+                ("feat_su", 90),
+                ("feat_hao", 80),
+                ("feat_anc", 100),
+                ("feat_di", 70),
                 ("feat_single", 110),
             )
         ]
@@ -193,8 +196,11 @@ def _encode(video: Path, truth: Path, bg, patches, places) -> None:  # type: ign
         stream.width, stream.height = SIZE
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, FPS)
-        stream.options = {"preset": "veryfast", "crf": "20",
-                          "x264-params": f"keyint={FPS}:bframes=0:threads=1"}
+        stream.options = {
+            "preset": "veryfast",
+            "crf": "20",
+            "x264-params": f"keyint={FPS}:bframes=0:threads=1",
+        }
         for i, row in enumerate(places):
             img, boxes = compose(bg, patches, row)
             gt.write(json.dumps({"frame_num": i, "faces": boxes}) + "\n")

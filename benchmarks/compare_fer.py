@@ -44,7 +44,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
-def score(pred: dict[int, list[list[float]]], truth: dict[int, list[dict[str, Any]]]) -> dict[str, float]:
+def score(
+    pred: dict[int, list[list[float]]], truth: dict[int, list[dict[str, Any]]]
+) -> dict[str, float]:
     """Recall over visible faces, false boxes per frame (greedy one-to-one at IoU >= 0.4)."""
     from scipy.optimize import linear_sum_assignment
 
@@ -55,7 +57,7 @@ def score(pred: dict[int, list[list[float]]], truth: dict[int, list[dict[str, An
         boxes = np.array(pred.get(fnum, []), float).reshape(-1, 4)
         m = iou(gt, boxes)
         rows, cols = linear_sum_assignment(-m) if m.size else ([], [])
-        hit = [(r, c) for r, c in zip(rows, cols) if m[r, c] >= IOU]
+        hit = [(r, c) for r, c in zip(rows, cols, strict=True) if m[r, c] >= IOU]
         matched = {c for _, c in hit}
         found += sum(1 for r, _ in hit if care[r])
         total += int(care.sum())
@@ -102,8 +104,22 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[str, float, float]:
 def run_ours(clip: Path, out: Path, models: Path, frames: int, extra: list[str]) -> dict[str, Any]:
     events = out / f"{clip.stem}.events.jsonl"
     events.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pipeline", "-q", "run", str(clip), "--models", str(models),
-           "--sink", f"jsonl:{events}", "--json", "--max-frames", str(frames), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "-q",
+        "run",
+        str(clip),
+        "--models",
+        str(models),
+        "--sink",
+        f"jsonl:{events}",
+        "--json",
+        "--max-frames",
+        str(frames),
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     stdout, wall, rss = _run(cmd, env)
     summary = json.loads(stdout)
@@ -117,36 +133,54 @@ def run_ours(clip: Path, out: Path, models: Path, frames: int, extra: list[str])
                 pred.setdefault(e["frame_num"], []).append(e["bbox"])
                 detected += int(e.get("detected", True))
                 n_face += 1
-    return {"frames": summary["frames_processed"], "frames_per_s": summary["frames_per_s"],
-            "wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1), "pred": pred,
-            "events": n_face, "detected_share": round(detected / max(n_face, 1), 3)}
+    return {
+        "frames": summary["frames_processed"],
+        "frames_per_s": summary["frames_per_s"],
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(rss, 1),
+        "pred": pred,
+        "events": n_face,
+        "detected_share": round(detected / max(n_face, 1), 3),
+    }
 
 
 def run_fer(clip: Path, out: Path, venv: Path, frames: int) -> dict[str, Any]:
     py = venv / "bin" / "python"
     if not py.is_file():
-        raise SystemExit(f"error: {py} missing: run `make bench-peer` (builds {venv}) or pass --skip-fer")
+        raise SystemExit(
+            f"error: {py} missing: run `make bench-peer` (builds {venv}) or pass --skip-fer"
+        )
     boxes_path = out / f"{clip.stem}.fer.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    stdout, wall, rss = _run([str(py), str(HERE / "fer_runner.py"), str(clip), str(boxes_path), str(frames)], env)
+    stdout, wall, rss = _run(
+        [str(py), str(HERE / "fer_runner.py"), str(clip), str(boxes_path), str(frames)], env
+    )
     summary = json.loads(stdout.strip().splitlines()[-1])
     pred = {}
     with boxes_path.open() as f:
         for line in f:
             r = json.loads(line)
             pred[r["frame_num"]] = r["boxes"]
-    return {"frames": summary["frames"], "frames_per_s": summary["frames_per_s"],
-            "wall_s": round(wall, 2), "peak_rss_mb": round(rss, 1), "pred": pred,
-            "events": summary["faces"], "detected_share": 1.0}
+    return {
+        "frames": summary["frames"],
+        "frames_per_s": summary["frames_per_s"],
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(rss, 1),
+        "pred": pred,
+        "events": summary["faces"],
+        "detected_share": 1.0,
+    }
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = f"| clip | tool | frames/s | recall | false boxes/frame | faces with an event | peak RSS MB |"
+    head = "| clip | tool | frames/s | recall | false boxes/frame | faces with an event | peak RSS MB |"
     lines = [head, "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['clip']} | {r['tool']} | {r['frames_per_s']:.1f} | {r['recall']:.3f} | "
-                     f"{r['false_per_frame']:.3f} | {r['recall']:.3f} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['clip']} | {r['tool']} | {r['frames_per_s']:.1f} | {r['recall']:.3f} | "
+            f"{r['false_per_frame']:.3f} | {r['recall']:.3f} | {r['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -167,23 +201,35 @@ def main() -> int:
         if not clip.is_file() or not truth_path.is_file():
             clip, truth_path = make_clip(name, args.out, args.frames)
         truth = {k: v for k, v in load_truth(truth_path).items() if k < args.frames}
-        tools = [("emotion-stream", lambda: run_ours(clip, args.out, args.models, args.frames, args.ours_args))]
-        if not args.skip_fer:
-            tools.append(("fer 25.10.3", lambda: run_fer(clip, args.out, args.fer_venv, args.frames)))
-        for tool, fn in tools:
+        tools = ["emotion-stream"] + ([] if args.skip_fer else ["fer 25.10.3"])
+        for tool in tools:
             print(f"running {tool} on {name} ...", file=sys.stderr)
-            r = fn()
+            if tool == "emotion-stream":
+                r = run_ours(clip, args.out, args.models, args.frames, args.ours_args)
+            else:
+                r = run_fer(clip, args.out, args.fer_venv, args.frames)
             s = score(r.pop("pred"), truth)
             rows.append({"clip": name, "tool": tool, **r, **s})
     ratio = {}
     for name in args.clips.split(","):
         by = {r["tool"]: r for r in rows if r["clip"] == name}
         if "fer 25.10.3" in by:
-            ratio[name] = round(by["emotion-stream"]["frames_per_s"] / max(by["fer 25.10.3"]["frames_per_s"], 1e-9), 2)
+            ratio[name] = round(
+                by["emotion-stream"]["frames_per_s"] / max(by["fer 25.10.3"]["frames_per_s"], 1e-9),
+                2,
+            )
     print(table(rows))
     if ratio:
-        print("speed ratio emotion-stream / fer (same run): " + ", ".join(f"{k} {v}x" for k, v in ratio.items()))
-    result = {"rows": rows, "ratio": ratio, "cpu_count": psutil.cpu_count(), "load_avg": os.getloadavg()}
+        print(
+            "speed ratio emotion-stream / fer (same run): "
+            + ", ".join(f"{k} {v}x" for k, v in ratio.items())
+        )
+    result = {
+        "rows": rows,
+        "ratio": ratio,
+        "cpu_count": psutil.cpu_count(),
+        "load_avg": os.getloadavg(),
+    }
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -49,6 +49,15 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
         "--stream-id", action="append", default=[], help="Stream id per source, in order."
     )
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
+    p.add_argument(
+        "--detect-every", type=int, help="Run the detector every Nth processed frame (default 5)."
+    )
+    p.add_argument(
+        "--detect-mode", choices=("auto", "fixed"), help="auto also detects sooner when unsure."
+    )
+    p.add_argument("--det-size", help="Detector input WIDTHxHEIGHT (default 640x640).")
+    p.add_argument("--det-threads", type=int, help="Detector threads (0: chosen for the machine).")
+    p.add_argument("--emotion-threads", type=int, help="Emotion engine threads (0: auto).")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -80,7 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument(
         "source", metavar="SOURCE", help="A video file (the sample: out/sample.mp4)."
     )
-    bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
+    bench.add_argument(
+        "--streams",
+        default="1",
+        help="Run N copies of the source at once; a list (1,2,4,8) prints the scaling curve, "
+        "unpaced and live-paced (only live with --realtime).",
+    )
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
     add_worker_options(bench)
     bench.set_defaults(func=cmd_bench)
@@ -125,13 +139,38 @@ def worker_settings(args: argparse.Namespace, **extra: Any) -> WorkerSettings:
                 "enabled": not args.no_batching,
             }
         )
+        detector, emotion, interval = _speed_options(args, detector, emotion, s.interval)
         s = s.model_copy(
-            update={"source": source, "emotion": emotion, "detector": detector, "batch": batch}
+            update={
+                "source": source,
+                "emotion": emotion,
+                "detector": detector,
+                "batch": batch,
+                "interval": interval,
+            }
         )
         # model_copy skips validation: validate the result once, here at the edge.
         return WorkerSettings.model_validate(s.model_dump())
     except ValueError as exc:
         raise ConfigError(f"invalid settings: {exc}".replace("\n", " ")) from exc
+
+
+def _speed_options(args: argparse.Namespace, detector: Any, emotion: Any, interval: Any) -> Any:
+    """Apply the detection-interval, detector-size and thread flags that were given."""
+    if args.det_size:
+        w, sep, h = args.det_size.lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit():
+            raise ValueError(f"--det-size {args.det_size!r}: give WIDTHxHEIGHT, e.g. 640x384")
+        detector = detector.model_copy(update={"input_size": (int(w), int(h))})
+    if args.det_threads is not None:
+        detector = detector.model_copy(update={"threads": args.det_threads})
+    if args.emotion_threads is not None:
+        emotion = emotion.model_copy(update={"threads": args.emotion_threads})
+    if args.detect_every is not None:
+        interval = interval.model_copy(update={"every": args.detect_every})
+    if args.detect_mode is not None:
+        interval = interval.model_copy(update={"mode": args.detect_mode})
+    return detector, emotion, interval
 
 
 def _sink_specs(args: argparse.Namespace) -> list[str]:
@@ -252,10 +291,37 @@ def render_summary(s: dict[str, Any]) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.tools.bench import run_bench
 
+    try:
+        counts = [int(n) for n in str(args.streams).split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--streams {args.streams!r}: give a count or a list like 1,2,4,8")
     settings = worker_settings(args)
-    result = run_bench(args.source, settings, args.models, streams=args.streams)
+    if len(counts) > 1:
+        from pipeline.tools.bench import render_curve, run_curve
+
+        extra = [a for a in sys.argv[sys.argv.index("bench") + 2 :] if a != "--realtime"]
+        extra = _drop_option(extra, "--streams")
+        extra = [a for a in extra if a != "--json"]
+        rows = run_curve(args.source, counts, extra, (True,) if args.realtime else (False, True))
+        print(json.dumps(rows) if args.json else render_curve(rows))
+        return 0
+    result = run_bench(args.source, settings, args.models, streams=counts[0])
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
+
+
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -83,7 +83,9 @@ class DetectorSettings(StrictModel):
         "letterboxing into the full input_size square: same scale, less padding to compute.",
     )
     threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads of the detector; 0 picks for the machine."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of the detector; 0 picks for the machine.",
     )
     max_batch: int = Field(
         8, ge=1, description="Most frames (across streams) in one detector call."
@@ -116,11 +118,16 @@ class IntervalSettings(StrictModel):
         1.5, gt=0, description="Forward-backward flow error above which a point is dropped."
     )
     uncertain_score: float = Field(
-        0.6, ge=0, le=1, description="auto: a carried face whose detector score was below this "
+        0.6,
+        ge=0,
+        le=1,
+        description="auto: a carried face whose detector score was below this "
         "(or whose flow kept under 60% of points) triggers a detection on the next frame.",
     )
     scene_change: float = Field(
-        30.0, gt=0, description="auto: mean absolute gray difference (0-255, at 1/8 scale) to "
+        30.0,
+        gt=0,
+        description="auto: mean absolute gray difference (0-255, at 1/8 scale) to "
         "the last detected frame above which the scene counts as cut.",
     )
 
@@ -138,8 +145,9 @@ class EmotionSettings(StrictModel):
         0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
     )
     threads: int = Field(
-        0, ge=0, description="ONNX Runtime intra-op threads of the emotion engine; 0 picks for "
-        "the machine."
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of the emotion engine; 0 picks for the machine.",
     )
 
 
@@ -232,4 +240,6 @@ class WorkerSettings(StrictModel):
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
     batch: BatchSettings = Field(default_factory=BatchSettings, description="Batching.")  # type: ignore[arg-type]
     tracker: TrackerSettings = Field(default_factory=TrackerSettings, description="Tracking.")  # type: ignore[arg-type]
-    interval: IntervalSettings = Field(default_factory=IntervalSettings, description="Detection interval.")  # type: ignore[arg-type]
+    interval: IntervalSettings = Field(
+        default_factory=IntervalSettings, description="Detection interval."
+    )  # type: ignore[arg-type]

@@ -134,7 +134,9 @@ class DetectBatcher:
     def _all_in(self, batch: list[_Item]) -> bool:
         now = time.monotonic()
         with self._lock:
-            for t in [t for t, seen in self._submitters.items() if now - seen > self.active_window_s]:
+            for t in [
+                t for t, seen in self._submitters.items() if now - seen > self.active_window_s
+            ]:
                 del self._submitters[t]
             active = set(self._submitters)
         return active <= {it.thread for it in batch}

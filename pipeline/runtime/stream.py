@@ -58,6 +58,7 @@ class StreamParts:
     #: detect call; None calls ``detector.detect`` directly.
     interval: IntervalSettings = field(default_factory=lambda: IntervalSettings(every=1))
     detect: Callable[[Any], Any] | None = None
+    detect_stats: Callable[[], dict[str, Any]] = dict
 
 
 class StreamRunner:

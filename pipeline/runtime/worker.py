@@ -107,6 +107,7 @@ class Worker:
             "worker_id": self.settings.worker_id,
             "streams": {r.stream_id: r.stats() for r in runners},
             "batcher": self._parts.batcher.stats(),
+            "detect_batcher": self._parts.detect_stats(),
             "events": pub.events,
             "sink_errors": pub.sink_errors,
         }
@@ -139,7 +140,10 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
     tune_malloc()
     threads = plan_threads(settings.detector.threads, settings.emotion.threads)
     logger.info(
-        "threads on %d cores: detector %d, emotion %d", threads.cores, threads.detector, threads.emotion
+        "threads on %d cores: detector %d, emotion %d",
+        threads.cores,
+        threads.detector,
+        threads.emotion,
     )
     detector = FaceDetector(settings.detector, threads=threads.detector)
     engine = _load_emotion_engine(settings, threads.emotion)
@@ -165,6 +169,7 @@ def load_parts(settings: WorkerSettings, sinks: list[Sink]) -> tuple[StreamParts
         engine_close=close,
         interval=settings.interval,
         detect=detect_batcher.detect,
+        detect_stats=detect_batcher.stats,
     )
     ctx = ev.EventContext(
         worker_id=settings.worker_id,

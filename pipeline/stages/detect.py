@@ -216,7 +216,9 @@ class FaceDetector:
             step = len(idx) if self.batched else 1
             for k in range(0, len(idx), step):
                 chunk = idx[k : k + step]
-                for i, faces in zip(chunk, self._detect_group([images[i] for i in chunk], canvas)):
+                for i, faces in zip(
+                    chunk, self._detect_group([images[i] for i in chunk], canvas), strict=True
+                ):
                     out[i] = faces
         return out
 
@@ -229,9 +231,7 @@ class FaceDetector:
             outs = m.session.run(m.output_names, {m.input_name: blob})
         if not self.batched:
             outs = [o[None] for o in outs]
-        dets = decode_batch(
-            outs, scales, canvas, m, self.settings.score_threshold, self._centres
-        )
+        dets = decode_batch(outs, scales, canvas, m, self.settings.score_threshold, self._centres)
         return [self._faces(det, kps) for det, kps in dets]
 
     def _faces(self, det: npt.NDArray[np.float32], kps: npt.NDArray[np.float32] | None) -> Faces:
@@ -333,7 +333,8 @@ def _anchor_centres(
     key = (canvas[1] // stride, canvas[0] // stride, stride)
     if key not in cache:
         h, w, _ = key
-        grid = np.stack(np.mgrid[:h, :w][::-1], axis=-1).astype(np.float32)
+        ys, xs = np.mgrid[:h, :w]
+        grid = np.stack([xs, ys], axis=-1).astype(np.float32)
         centres = (grid * stride).reshape(-1, 2)
         cache[key] = np.repeat(centres, anchors, axis=0) if anchors > 1 else centres
     return cache[key]

@@ -36,11 +36,13 @@ Gray = npt.NDArray[np.uint8]
 #: 3x3 grid inside the box (fractions of width/height), tracked beside the 5 landmarks.
 _GRID = np.array([(x, y) for y in (0.3, 0.5, 0.7) for x in (0.3, 0.5, 0.7)], np.float32)
 _LK = {
-    "winSize": (21, 21),
-    "maxLevel": 3,
-    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03),
+    "winSize": (15, 15),
+    "maxLevel": 2,
+    "criteria": (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 10, 0.03),
 }
-_SMALL = 8  # scene-change check at 1/8 scale
+#: Flow runs on a half-resolution gray image (a 40 px face is 20 px there: plenty for LK).
+_FLOW_SCALE = 0.5
+_SMALL = 4  # scene-change check at 1/4 of the flow image (1/8 of the frame)
 _MIN_INSIDE = 0.5  # a carried box less than half inside the frame is lost
 
 
@@ -73,20 +75,32 @@ def face_points(faces: Faces) -> npt.NDArray[np.float32]:
     return np.concatenate([faces.kps, tl + _GRID[None] * wh], axis=1).astype(np.float32)
 
 
-def carry_faces(prev: Gray, cur: Gray, faces: Faces, settings: IntervalSettings) -> Carried:
-    """Move ``faces`` (with track ids) from ``prev`` to ``cur`` by forward-backward LK flow."""
+def flow_image(image: npt.NDArray[np.uint8]) -> Gray:
+    """The half-resolution gray image flow runs on (OpenCV 5's Python LK takes images, not
+    prebuilt pyramids, so the pyramid is rebuilt per call: cheap at half resolution)."""
+    h, w = image.shape[:2]
+    size = (max(int(w * _FLOW_SCALE), 1), max(int(h * _FLOW_SCALE), 1))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), np.uint8)
+
+
+def carry_faces(
+    prev: Gray, cur: Gray, faces: Faces, settings: IntervalSettings, size: tuple[int, int]
+) -> Carried:
+    """Move ``faces`` (with track ids) from the ``prev`` to the ``cur`` flow image (half scale)
+    by forward-backward LK flow; ``size`` is the frame's (width, height)."""
     n = len(faces)
     if n == 0:
         return Carried(Faces.empty(), (), False)
     pts = face_points(faces)
     k = pts.shape[1]
-    p0 = pts.reshape(-1, 1, 2)
-    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **_LK)
-    p0b, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **_LK)
-    fb = np.linalg.norm((p0b - p0).reshape(n, k, 2), axis=2)
+    p0 = (pts * _FLOW_SCALE).reshape(-1, 1, 2)
+    p1, st1, _ = cv2.calcOpticalFlowPyrLK(prev, cur, p0, None, **_LK)  # type: ignore[call-overload]
+    p0b, st2, _ = cv2.calcOpticalFlowPyrLK(cur, prev, p1, None, **_LK)  # type: ignore[call-overload]
+    fb = np.linalg.norm((p0b - p0).reshape(n, k, 2), axis=2) / _FLOW_SCALE
     good = (st1.reshape(n, k) == 1) & (st2.reshape(n, k) == 1) & (fb < settings.max_fb_error_px)
-    new = p1.reshape(n, k, 2)
-    h, w = cur.shape[:2]
+    new = p1.reshape(n, k, 2) / _FLOW_SCALE
+    w, h = size
     keep, boxes, kps, uncertain = [], [], [], False
     for i in range(n):
         g = good[i]
@@ -143,7 +157,8 @@ class IntervalTracker:
     def __init__(self, settings: IntervalSettings, tracker: Tracker) -> None:
         self._s = settings
         self.tracker = tracker
-        self._prev_gray: Gray | None = None
+        self._prev: Gray | None = None
+        self._prev_shape: tuple[int, ...] = ()
         self._prev_faces = Faces.empty()
         self._ref_small: npt.NDArray[np.float32] | None = None
         self._since = 0
@@ -151,21 +166,24 @@ class IntervalTracker:
         self.detections = 0
         self.carried = 0
 
-    def step(self, image: npt.NDArray[np.uint8], detect: Callable[[npt.NDArray[np.uint8]], Faces]) -> Step:
+    def step(
+        self, image: npt.NDArray[np.uint8], detect: Callable[[npt.NDArray[np.uint8]], Faces]
+    ) -> Step:
         """Faces of this frame, from ``detect`` or carried by flow (see module docstring)."""
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        reason = self._due(gray)
+        t0 = time.perf_counter()
+        gray = flow_image(image)
+        reason = self._due(gray, image.shape)
         if reason:
-            t0 = time.perf_counter()
+            t1 = time.perf_counter()
             faces, ended = self.tracker.update(detect(image))
-            detect_ms, flow_ms = (time.perf_counter() - t0) * 1000, 0.0
+            detect_ms, flow_ms = (time.perf_counter() - t1) * 1000, (t1 - t0) * 1000
             detected = np.ones(len(faces), np.bool_)
             self._since, self._want = 0, ""
             self.detections += 1
         else:
-            t0 = time.perf_counter()
-            assert self._prev_gray is not None
-            carried = carry_faces(self._prev_gray, gray, self._prev_faces, self._s)
+            assert self._prev is not None
+            size = (image.shape[1], image.shape[0])
+            carried = carry_faces(self._prev, gray, self._prev_faces, self._s, size)
             faces = carried.faces
             ended = self.tracker.carry(faces.track_id, faces.xyxy)
             detect_ms, flow_ms = 0.0, (time.perf_counter() - t0) * 1000
@@ -173,26 +191,31 @@ class IntervalTracker:
             self._since += 1
             self._want = "lost" if carried.lost else "uncertain" if carried.uncertain else ""
             self.carried += 1
-        self._prev_gray, self._prev_faces = gray, faces
+        self._prev, self._prev_shape, self._prev_faces = gray, image.shape, faces
         return Step(faces, detected, tuple(ended), detect_ms, flow_ms, reason)
 
-    def _due(self, gray: Gray) -> str:
+    def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
         """Why the detector runs on this frame ("" when it does not)."""
         small = cv2.resize(
-            gray, (gray.shape[1] // _SMALL or 1, gray.shape[0] // _SMALL or 1), interpolation=cv2.INTER_AREA
+            gray,
+            (max(gray.shape[1] // _SMALL, 1), max(gray.shape[0] // _SMALL, 1)),
+            interpolation=cv2.INTER_AREA,
         ).astype(np.float32)
-        first = self._prev_gray is None or self._prev_gray.shape != gray.shape
+        first = self._prev is None or self._prev_shape != shape
         reason = "first" if first else "interval" if self._since + 1 >= self._s.every else ""
         if not reason and self._s.mode == IntervalMode.AUTO:
             if self._want:
                 reason = self._want
-            elif self._ref_small is not None and float(
-                np.mean(np.abs(small - self._ref_small))
-            ) > self._s.scene_change:
+            elif self._ref_small is not None and self._scene_changed(small, self._ref_small):
                 reason = "scene"
         if reason:
             self._ref_small = small
         return reason
+
+    def _scene_changed(self, small: npt.NDArray[np.float32], ref: npt.NDArray[np.float32]) -> bool:
+        if small.shape != ref.shape:
+            return True
+        return float(np.mean(np.abs(small - ref))) > self._s.scene_change
 
     def end_all(self) -> list[int]:
         self._prev_faces = Faces.empty()

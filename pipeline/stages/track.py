@@ -127,9 +127,7 @@ class Tracker:
         matched = ids >= 0
         return faces.select(np.flatnonzero(matched)).with_track_ids(ids[matched]), ended
 
-    def carry(
-        self, track_ids: npt.NDArray[np.int64], boxes: npt.NDArray[np.float32]
-    ) -> list[int]:
+    def carry(self, track_ids: npt.NDArray[np.int64], boxes: npt.NDArray[np.float32]) -> list[int]:
         """A frame without detection: tracks in ``track_ids`` moved to ``boxes`` (by optical
         flow); every other live track misses this frame. Returns the ids of tracks that ended."""
         moved = {int(t): b for t, b in zip(track_ids.tolist(), boxes, strict=True)}
