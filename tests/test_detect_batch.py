@@ -87,10 +87,13 @@ def test_detector_batched_output_equals_per_image_output(
 
 
 def test_canvas_size_fits_frame_aspect_at_input_scale() -> None:
-    s = DetectorSettings(input_size=(640, 640))
+    s = DetectorSettings(input_size=(640, 640), max_scale=1.0)
     assert canvas_size((720, 1280), s) == (640, 384)
     assert canvas_size((1080, 1920), s) == (640, 384)
     assert canvas_size((720, 1280), s.model_copy(update={"fit_aspect": False})) == (640, 640)
+    default = DetectorSettings()
+    assert canvas_size((720, 1280), default) == (960, 544)
+    assert canvas_size((1080, 1920), default) == (1440, 832)
 
 
 _WORKER_SCRIPT = """

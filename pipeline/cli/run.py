@@ -55,7 +55,11 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--detect-mode", choices=("auto", "fixed"), help="auto also detects sooner when unsure."
     )
-    p.add_argument("--det-size", help="Detector input WIDTHxHEIGHT (default 640x640).")
+    p.add_argument(
+        "--det-size",
+        help="Detector input at most WIDTHxHEIGHT, frame aspect kept (default: the frame at "
+        "0.75 scale, up to 1440x1440).",
+    )
     p.add_argument("--det-threads", type=int, help="Detector threads (0: chosen for the machine).")
     p.add_argument("--emotion-threads", type=int, help="Emotion engine threads (0: auto).")
 
@@ -161,7 +165,7 @@ def _speed_options(args: argparse.Namespace, detector: Any, emotion: Any, interv
         w, sep, h = args.det_size.lower().partition("x")
         if not sep or not w.isdigit() or not h.isdigit():
             raise ValueError(f"--det-size {args.det_size!r}: give WIDTHxHEIGHT, e.g. 640x384")
-        detector = detector.model_copy(update={"input_size": (int(w), int(h))})
+        detector = detector.model_copy(update={"input_size": (int(w), int(h)), "max_scale": 1.0})
     if args.det_threads is not None:
         detector = detector.model_copy(update={"threads": args.det_threads})
     if args.emotion_threads is not None:

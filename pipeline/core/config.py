@@ -67,7 +67,17 @@ class DetectorSettings(StrictModel):
     model_file: Path | None = Field(
         None, description="Explicit detector ONNX; overrides model_dir lookup."
     )
-    input_size: tuple[int, int] = Field((640, 640), description="Detector input (width, height).")
+    input_size: tuple[int, int] = Field(
+        (1440, 1440), description="Largest detector input (width, height) in pixels."
+    )
+    max_scale: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="With fit_aspect, the detector sees the frame at most this scale: 0.75 keeps "
+        "a 40 px face at 30 px, where the detector still finds it (720p -> 960x544, "
+        "1080p -> 1440x832; see the README table).",
+    )
     score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face score.")
     nms_threshold: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
     min_face_px: int = Field(

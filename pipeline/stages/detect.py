@@ -108,12 +108,13 @@ def resolve_providers(requested: tuple[str, ...]) -> list[str]:
 
 def canvas_size(image_hw: tuple[int, int], settings: DetectorSettings) -> tuple[int, int]:
     """Detector input (width, height) for a frame of ``image_hw``: ``input_size``, or with
-    ``fit_aspect`` the frame's aspect at the same scale, rounded up to a multiple of 32."""
+    ``fit_aspect`` the frame at ``min(max_scale, fit into input_size)``, each side rounded up
+    to a multiple of 32."""
     w_max, h_max = settings.input_size
     if not settings.fit_aspect:
         return w_max, h_max
     h, w = image_hw
-    scale = min(w_max / w, h_max / h)
+    scale = min(w_max / w, h_max / h, settings.max_scale)
     return min(_up32(w * scale), _up32(w_max)), min(_up32(h * scale), _up32(h_max))
 
 
