@@ -131,3 +131,41 @@ def test_worker_path_does_not_import_torch(batch_models: Path, tmp_path: Path) -
     assert result["backend"] == "onnxruntime"
     assert result["events"] > 10, "the worker must really have processed the clip"
     assert result["torch"] is False, "the CPU worker path imported torch"
+
+
+class _CountingDetector:
+    """Stands in for FaceDetector: records the size of every detect_batch call."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def detect(self, image: npt.NDArray[np.uint8]) -> object:
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[object]:
+        self.calls.append(len(images))
+        return [int(im[0, 0, 0]) for im in images]
+
+
+def test_detect_batcher_joins_frames_of_concurrent_streams() -> None:
+    import threading
+
+    from pipeline.runtime.detect_batcher import DetectBatcher
+
+    fake = _CountingDetector()
+    batcher = DetectBatcher(fake, max_batch=4, max_wait_ms=200)  # type: ignore[arg-type]
+    results: dict[int, object] = {}
+    go = threading.Barrier(4)
+
+    def stream(k: int) -> None:
+        go.wait()
+        results[k] = batcher.detect(np.full((8, 8, 3), k, np.uint8))
+
+    threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    batcher.close()
+    assert results == {0: 0, 1: 1, 2: 2, 3: 3}, "each stream gets its own frame's result"
+    assert sum(fake.calls) == 4 and max(fake.calls) >= 2, f"frames were not batched: {fake.calls}"
