@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from pipeline.core import events as ev
 from pipeline.core.config import IntervalSettings, TrackerSettings
 from pipeline.core.types import EMOTIONS, Emotions, Frame, FrameResult, TrackSummary
 from pipeline.stages.align import align_faces
-from pipeline.stages.motion import IntervalTracker
+from pipeline.stages.motion import IntervalTracker, Step
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.track import Tracker
 
@@ -73,6 +74,7 @@ class StreamRunner:
         self._p = parts
         self._tracker = Tracker(parts.tracker)
         self._interval = IntervalTracker(parts.interval, self._tracker)
+        self._pending: tuple[Frame, Step, Future[Any] | None, float, float] | None = None
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
         self._stop = threading.Event()
@@ -120,31 +122,53 @@ class StreamRunner:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            frame = self.source.get(timeout=0.2)
+            # With a frame in flight, do not wait for the next one before publishing it.
+            frame = self.source.get(timeout=0.2 if self._pending is None else 0.0)
             if frame is None:
+                self.complete_pending()
                 if self.source.ended:
                     break
                 continue
             self.process(frame)
+        self.complete_pending()
         if self.source.error is not None and self.error is None:
             self.error = str(self.source.error)
         if self.end_reason == "running":
             self.end_reason = "error" if self.error else "eof"
 
-    def process(self, frame: Frame) -> FrameResult:
+    def process(self, frame: Frame) -> FrameResult | None:
+        """Locate and align this frame's faces and hand them to the emotion batcher, then
+        finish the previous frame (one frame in flight: the emotion engine classifies frame
+        t on its thread while this thread works on frame t+1). Returns the finished frame."""
         t0 = time.perf_counter()
         step = self._interval.step(frame.image, self._p.detect or self._p.detector.detect)
-        faces, ended = step.faces, list(step.ended)
         t1 = time.perf_counter()
-        probs = np.zeros((0, len(EMOTIONS)), np.float32)
-        if len(faces):
-            crops = align_faces(frame.image, faces, self._p.crop_size)
-            probs = self._p.batcher.submit(crops).result()
+        future: Future[Any] | None = None
+        if len(step.faces):
+            crops = align_faces(frame.image, step.faces, self._p.crop_size)
+            future = self._p.batcher.submit(crops)
+        done = self.complete_pending()
+        self._pending = (frame, step, future, (t1 - t0) * 1000, time.perf_counter())
+        return done
+
+    def complete_pending(self) -> FrameResult | None:
+        """Wait for the in-flight frame's emotions, then smooth, account and publish it."""
+        if self._pending is None:
+            return None
+        frame, step, future, locate_ms, t1 = self._pending
+        self._pending = None
+        return self._complete(frame, step, future, locate_ms, t1)
+
+    def _complete(
+        self, frame: Frame, step: Step, future: Future[Any] | None, locate_ms: float, t1: float
+    ) -> FrameResult:
+        faces, ended = step.faces, list(step.ended)
+        probs = np.zeros((0, len(EMOTIONS)), np.float32) if future is None else future.result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
         smoothed = self._smoother.update(faces, emotions)
         result = FrameResult(frame, faces, emotions, smoothed, tuple(ended), step.detected)
-        self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        self._account(result, locate_ms, (t2 - t1) * 1000)
         self.counters.flow_ms += step.flow_ms
         self.counters.detected_frames += int(bool(step.reason))
         out = ev.face_events(result, self.ctx)
@@ -180,6 +204,10 @@ class StreamRunner:
         return out
 
     def _finish(self) -> None:
+        try:
+            self.complete_pending()  # after an error: publish the frame still in flight
+        except Exception:
+            logger.exception("stream %s: the frame in flight could not be finished", self.stream_id)
         out = self._track_end_events(self._interval.end_all())
         frames = self.source.stats().decoded
         out.append(
