@@ -71,13 +71,23 @@ def main() -> int:
             ms = 1000 * (time.process_time() - c0) / len(frames)
             sc = score(pred, truth)
             cw, ch = canvas_size(frames[0].shape[:2], s)
-            rows.append({"frame": f"{size[0]}x{size[1]}", "input": f"{cw}x{ch}",
-                         "cpu_ms": round(ms, 1), **sc})
+            rows.append(
+                {
+                    "frame": f"{size[0]}x{size[1]}",
+                    "input": f"{cw}x{ch}",
+                    "cpu_ms": round(ms, 1),
+                    **sc,
+                }
+            )
             print(rows[-1], file=sys.stderr)
-    print("| frame | detector input | CPU ms/call (1 thread) | recall, faces 40-56 px | false boxes/frame |")
+    print(
+        "| frame | detector input | CPU ms/call (1 thread) | recall, faces 40-56 px | false boxes/frame |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['frame']} | {r['input']} | {r['cpu_ms']} | {r['recall']:.3f} | {r['false_per_frame']:.2f} |")
+        print(
+            f"| {r['frame']} | {r['input']} | {r['cpu_ms']} | {r['recall']:.3f} | {r['false_per_frame']:.2f} |"
+        )
     print(json.dumps(rows))
     return 0
 

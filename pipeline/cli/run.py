@@ -50,7 +50,7 @@ def add_worker_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--config", type=Path, help="WorkerSettings as JSON; flags given override it.")
     p.add_argument(
-        "--detect-every", type=int, help="Run the detector every Nth processed frame (default 5)."
+        "--detect-every", type=int, help="Run the detector every Nth processed frame (default 10)."
     )
     p.add_argument(
         "--detect-mode", choices=("auto", "fixed"), help="auto also detects sooner when unsure."

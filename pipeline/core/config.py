@@ -116,7 +116,7 @@ class IntervalSettings(StrictModel):
     """Detect on an interval, carry tracks by optical flow in between (DeepStream's interval)."""
 
     every: int = Field(
-        5, ge=1, description="Run the detector on every Nth processed frame of a stream (1: all)."
+        10, ge=1, description="Run the detector on every Nth processed frame of a stream (1: all)."
     )
     mode: IntervalMode = Field(
         IntervalMode.AUTO, description="fixed, or auto: also detect sooner when tracking is unsure."
