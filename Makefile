@@ -9,7 +9,7 @@ MODELS := models
 OUT := out
 VIEW ?= 127.0.0.1:8080
 
-.PHONY: all setup system models sample demo view test lint typecheck unit bench clean
+.PHONY: all setup system models sample demo view test lint typecheck unit bench bench-peer clean
 
 all: test
 
@@ -52,8 +52,8 @@ view: models sample
 		--http $(VIEW) --loop --realtime
 
 lint: $(STAMPS)/venv
-	$(BIN)/ruff check pipeline engines training tests
-	$(BIN)/ruff format --check pipeline engines training tests
+	$(BIN)/ruff check pipeline engines training tests benchmarks
+	$(BIN)/ruff format --check pipeline engines training tests benchmarks
 	$(BIN)/lint-imports
 
 typecheck: $(STAMPS)/venv
@@ -67,6 +67,12 @@ unit: setup
 
 bench: models sample
 	$(BIN)/emotion-stream bench $(OUT)/sample.mp4 --models $(MODELS) --json
+
+# Side by side with the `fer` library on 720p clips with known face boxes. Builds the fer stack
+# in its own venv (.venv-fer, ~5 GB, ~3 min, once), never in the project's.
+bench-peer: models
+	bash benchmarks/setup_fer_venv.sh .venv-fer
+	PYTHONPATH=$(CURDIR) $(PY) benchmarks/compare_fer.py --models $(MODELS) --json $(OUT)/bench/compare.json
 
 clean:
 	rm -rf $(STAMPS) $(OUT) .pytest_cache .mypy_cache .ruff_cache

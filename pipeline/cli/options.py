@@ -23,6 +23,7 @@ from pipeline.core.config import (
     DetectorBackend,
     DropPolicy,
     FsyncPolicy,
+    IntervalMode,
     LogFullPolicy,
     WorkerSettings,
 )
@@ -85,6 +86,35 @@ DECODE = (
         "Video decoding: auto (NVDEC when present), cpu, nvdec.",
         choices=[m.value for m in DecodeMode],
     ),
+)
+
+
+def _wxh(text: str) -> tuple[int, int]:
+    """``640x384`` -> (640, 384)."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 640x384")
+    return int(w), int(h)
+
+
+SPEED = (
+    Opt("--detect-every", "interval.every", "Run the detector every Nth processed frame.", int),
+    Opt(
+        "--detect-mode",
+        "interval.mode",
+        "fixed, or auto: also detect sooner when a track is lost or unsure, or the scene cuts.",
+        choices=[m.value for m in IntervalMode],
+    ),
+    Opt(
+        "--det-size",
+        "detector.input_size",
+        "Detector input at most WIDTHxHEIGHT, frame aspect kept.",
+        _wxh,
+        metavar="WxH",
+    ),
+    Opt("--det-scale", "detector.max_scale", "Largest detector scale of the frame.", float),
+    Opt("--det-threads", "detector.threads", "Detector threads (0: chosen for the machine).", int),
+    Opt("--emotion-threads", "emotion.threads", "Emotion engine threads (0: auto).", int),
 )
 SOURCE = (
     Opt("--every", "source.every", "Process every Nth decoded frame.", int),
@@ -205,7 +235,7 @@ VIEW = (
 )
 
 #: What ``run`` and ``bench`` share with ``worker`` and ``config show``.
-ENGINE = (*MODELS, *BATCH)
+ENGINE = (*MODELS, *BATCH, *SPEED)
 #: Every flag that sets a field, for ``config show``.
 ALL = (*IDENTITY, *ENGINE, *SOURCE, *SINKS, *KAFKA, *CONTROL, *REDIS, *GROUP, *VIEW, *DELIVERY)
 

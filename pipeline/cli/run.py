@@ -46,7 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument(
         "source", metavar="SOURCE", help="A video file (the sample: out/sample.mp4)."
     )
-    bench.add_argument("--streams", type=int, default=1, help="Run N copies of the source at once.")
+    bench.add_argument(
+        "--streams",
+        default="1",
+        help="Run N copies of the source at once; a list (1,2,4,8) prints the scaling curve, "
+        "unpaced and live-paced (only live with --realtime).",
+    )
     bench.add_argument("--json", action="store_true", help="Print JSON only.")
     add_options(bench, [opts.CONFIG], opts.ENGINE, opts.SOURCE, opts.VIEW)
     bench.add_argument(
@@ -247,18 +252,45 @@ def render_summary(s: RunSummary) -> str:
 def cmd_bench(args: argparse.Namespace) -> int:
     from pipeline.tools.bench import run_bench
 
+    try:
+        counts = [int(n) for n in str(args.streams).split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise ConfigError(f"--streams {args.streams!r}: give a count or a list like 1,2,4,8")
     settings = settings_from_args(args)
     if args.watchers and not settings.view.http:
         raise ConfigError("--watchers needs --http HOST:PORT (e.g. --http 127.0.0.1:0)")
+    if len(counts) > 1:
+        from pipeline.tools.bench import render_curve, run_curve
+
+        extra = [a for a in sys.argv[sys.argv.index("bench") + 2 :] if a != "--realtime"]
+        extra = _drop_option(extra, "--streams")
+        extra = [a for a in extra if a != "--json"]
+        rows = run_curve(args.source, counts, extra, (True,) if args.realtime else (False, True))
+        print(json.dumps(rows) if args.json else render_curve(rows))
+        return 0
     result = run_bench(
         args.source,
         settings,
         settings.detector.model_dir,
-        streams=args.streams,
+        streams=counts[0],
         watchers=args.watchers,
     )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0
+
+
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

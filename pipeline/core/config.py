@@ -112,7 +112,17 @@ class DetectorSettings(StrictModel):
     model_file: Path | None = Field(
         None, description="Explicit detector ONNX; overrides model_dir lookup."
     )
-    input_size: tuple[int, int] = Field((640, 640), description="Detector input (width, height).")
+    input_size: tuple[int, int] = Field(
+        (1440, 1440), description="Largest detector input (width, height) in pixels."
+    )
+    max_scale: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="With fit_aspect, the detector sees the frame at most this scale: 0.75 keeps "
+        "a 40 px face at 30 px, where the detector still finds it (720p -> 960x544, "
+        "1080p -> 1440x832; see the README table).",
+    )
     score_threshold: float = Field(0.5, ge=0, le=1, description="Minimum face score.")
     nms_threshold: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
     min_face_px: int = Field(
@@ -129,6 +139,59 @@ class DetectorSettings(StrictModel):
     precision: str = Field(
         "fp16", description="Precision of the TensorRT detector plan: fp32, fp16 or int8."
     )
+    fit_aspect: bool = Field(
+        True,
+        description="Shrink the detector canvas to the frame's aspect (multiple of 32) instead of "
+        "letterboxing into the full input_size square: same scale, less padding to compute.",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of the detector; 0 picks for the machine.",
+    )
+    max_batch: int = Field(
+        8, ge=1, description="Most frames (across streams) in one detector call."
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="Longest a frame waits for other streams' frames to batch with."
+    )
+
+
+class IntervalMode(enum.StrEnum):
+    """When the detector runs between its regular interval."""
+
+    FIXED = "fixed"  # exactly every N processed frames
+    AUTO = "auto"  # every N frames, and sooner when a track is lost/uncertain or the scene cuts
+
+
+class IntervalSettings(StrictModel):
+    """Detect on an interval, carry tracks by optical flow in between (DeepStream's interval)."""
+
+    every: int = Field(
+        10, ge=1, description="Run the detector on every Nth processed frame of a stream (1: all)."
+    )
+    mode: IntervalMode = Field(
+        IntervalMode.AUTO, description="fixed, or auto: also detect sooner when tracking is unsure."
+    )
+    min_points: int = Field(
+        4, ge=2, description="Flow points a face needs to be carried; fewer loses the track."
+    )
+    max_fb_error_px: float = Field(
+        1.5, gt=0, description="Forward-backward flow error above which a point is dropped."
+    )
+    uncertain_score: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="auto: a carried face whose detector score was below this "
+        "(or whose flow kept under 60% of points) triggers a detection on the next frame.",
+    )
+    scene_change: float = Field(
+        30.0,
+        gt=0,
+        description="auto: mean absolute gray difference (0-255, at 1/8 scale) to "
+        "the last detected frame above which the scene counts as cut.",
+    )
 
 
 class EmotionSettings(StrictModel):
@@ -144,6 +207,11 @@ class EmotionSettings(StrictModel):
     )
     smoothing_alpha: float = Field(
         0.3, gt=0, le=1, description="EMA weight of the newest frame in per-track smoothing."
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        description="ONNX Runtime intra-op threads of the emotion engine; 0 picks for the machine.",
     )
 
 
@@ -351,3 +419,6 @@ class WorkerSettings(StrictModel):
         description="Put a small JPEG of each track's best aligned face on its track_end event.",
     )
     delivery: DeliverySettings = Field(default_factory=DeliverySettings, description="Event log.")  # type: ignore[arg-type]
+    interval: IntervalSettings = Field(
+        default_factory=IntervalSettings, description="Detection interval."
+    )  # type: ignore[arg-type]

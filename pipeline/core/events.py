@@ -93,6 +93,7 @@ class FaceEvent(_Epoch):
     track_id: int
     bbox: list[float]
     det_score: float
+    detected: bool
     landmarks: list[list[float]]
     emotion: EmotionField
     smoothed: SmoothedField
@@ -278,6 +279,7 @@ def face_events(
             "track_id": int(tid),
             "bbox": [float(v) for v in boxes[i]],
             "det_score": round(float(scores[i]), _SCORE),
+            "detected": True if result.detected is None else bool(result.detected[i]),
             "landmarks": [[float(x), float(y)] for x, y in kps[i]],
             "emotion": {"label": label, "score": score, "probs": _probs_dict(probs[i])},
             "smoothed": {"label": s_label, "score": s_score},

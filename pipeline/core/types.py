@@ -149,6 +149,9 @@ class FrameResult:
     emotions: Emotions
     smoothed: Emotions
     ended_tracks: tuple[int, ...] = ()
+    #: (n,) bool per face: True when its box came from the detector on this frame, False when
+    #: the tracker carried it (detection interval); None: every face was detected.
+    detected: npt.NDArray[np.bool_] | None = None
 
 
 @dataclass

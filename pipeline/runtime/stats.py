@@ -37,6 +37,9 @@ class StreamStats:
     done: bool
     end_reason: str
     error: str | None
+    #: mean optical-flow time per processed frame (ms) and frames the detector ran on
+    flow_ms_mean: float = 0.0
+    detected_frames: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +78,8 @@ class WorkerStats:
     #: sink name -> its delivery figures (pending, oldest_pending_age_s, delivered, retried,
     #: dropped, down, last_error), from the event log's per-sink cursors
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the cross-stream detector batcher: calls, frames, mean batch
+    detect_batcher: dict[str, Any] = field(default_factory=dict)
 
     @property
     def processed(self) -> int:

@@ -8,16 +8,18 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipeline.core import events as ev
-from pipeline.core.config import TrackerSettings
+from pipeline.core.config import IntervalSettings, TrackerSettings
 from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult, TrackSummary
 from pipeline.runtime.stats import StreamStats
 from pipeline.stages.align import align_faces
+from pipeline.stages.motion import IntervalTracker, Step
 from pipeline.stages.smooth import EmaSmoother
 from pipeline.stages.thumbnail import BestFaces
 from pipeline.stages.track import Tracker
@@ -39,6 +41,8 @@ class StreamCounters:
     started_at: float = field(default_factory=time.time)
     infer_ms: float = 0.0
     detect_ms: float = 0.0
+    flow_ms: float = 0.0
+    detected_frames: int = 0
     labels: Counter[str] = field(default_factory=Counter)
 
 
@@ -53,6 +57,11 @@ class StreamParts:
     tracker: TrackerSettings
     smoothing_alpha: float
     engine_close: Callable[[], None] = lambda: None
+    #: Detection interval (default: detect every frame) and the (cross-stream batched)
+    #: detect call; None calls ``detector.detect`` directly.
+    interval: IntervalSettings = field(default_factory=lambda: IntervalSettings(every=1))
+    detect: Callable[[Any], Any] | None = None
+    detect_stats: Callable[[], dict[str, Any]] = dict
     #: Best-face JPEG thumbnails on track_end events (``--track-thumbnails``).
     thumbnails: bool = False
     #: Optional watcher of published results (the web view): ``offer`` must not block.
@@ -76,6 +85,8 @@ class StreamRunner:
         self.ctx = ctx
         self._p = parts
         self._tracker = Tracker(parts.tracker)
+        self._interval = IntervalTracker(parts.interval, self._tracker)
+        self._pending: tuple[Frame, Step, Future[Any] | None, float, float] | None = None
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
         self._best = BestFaces() if parts.thumbnails else None
@@ -136,41 +147,68 @@ class StreamRunner:
     def _release(self) -> None:
         """Drop what a stopped stream holds (its last frame, tracker state); counters stay."""
         self._last_frame = None
+        self._pending = None
         self._tracker = Tracker(self._p.tracker)
+        self._interval = IntervalTracker(self._p.interval, self._tracker)
         self._smoother = EmaSmoother(self._p.smoothing_alpha)
         self._tracks.clear()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            frame = self.source.get(timeout=0.2)
+            # With a frame in flight, do not wait for the next one before publishing it.
+            frame = self.source.get(timeout=0.2 if self._pending is None else 0.0)
             if frame is None:
+                self.complete_pending()
                 if self.source.ended:
                     break
                 continue
             self.process(frame)
+        self.complete_pending()
         if self.source.error is not None and self.error is None:
             self.error = str(self.source.error)
         if self.end_reason == "running":
             self.end_reason = "error" if self.error else "eof"
 
-    def process(self, frame: Frame) -> FrameResult:
+    def process(self, frame: Frame) -> FrameResult | None:
+        """Locate and align this frame's faces and hand them to the emotion batcher, then
+        finish the previous frame (one frame in flight: the emotion engine classifies frame
+        t on its thread while this thread works on frame t+1). Returns the finished frame."""
         if frame.epoch != self._epoch:
+            self.complete_pending()  # the old capture's last frame, before its tracks end
             self._new_capture(frame.epoch)
         t0 = time.perf_counter()
-        faces = self._p.detector.detect(frame.image)
+        step = self._interval.step(frame.image, self._p.detect or self._p.detector.detect)
         t1 = time.perf_counter()
-        faces, ended = self._tracker.update(faces)
-        probs = np.zeros((0, len(EMOTIONS)), np.float32)
-        if len(faces):
-            crops = align_faces(frame.image, faces, self._p.crop)
+        future: Future[Any] | None = None
+        if len(step.faces):
+            crops = align_faces(frame.image, step.faces, self._p.crop)
             if self._best is not None:
-                self._best.update(faces.track_id, faces.score, crops, frame.frame_num)
-            probs = self._p.batcher.submit(crops).result()
+                self._best.update(step.faces.track_id, step.faces.score, crops, frame.frame_num)
+            future = self._p.batcher.submit(crops)
+        done = self.complete_pending()
+        self._pending = (frame, step, future, (t1 - t0) * 1000, time.perf_counter())
+        return done
+
+    def complete_pending(self) -> FrameResult | None:
+        """Wait for the in-flight frame's emotions, then smooth, account and publish it."""
+        if self._pending is None:
+            return None
+        frame, step, future, locate_ms, t1 = self._pending
+        self._pending = None
+        return self._complete(frame, step, future, locate_ms, t1)
+
+    def _complete(
+        self, frame: Frame, step: Step, future: Future[Any] | None, locate_ms: float, t1: float
+    ) -> FrameResult:
+        faces, ended = step.faces, list(step.ended)
+        probs = np.zeros((0, len(EMOTIONS)), np.float32) if future is None else future.result()
         t2 = time.perf_counter()
         emotions = Emotions(np.asarray(probs, np.float32))
         smoothed = self._smoother.update(faces, emotions)
-        result = FrameResult(frame, faces, emotions, smoothed, tuple(ended))
-        self._account(result, (t1 - t0) * 1000, (t2 - t1) * 1000)
+        result = FrameResult(frame, faces, emotions, smoothed, tuple(ended), step.detected)
+        self._account(result, locate_ms, (t2 - t1) * 1000)
+        self.counters.flow_ms += step.flow_ms
+        self.counters.detected_frames += int(bool(step.reason))
         out: list[ev.Event] = [*ev.face_events(result, self.ctx)]
         out += self._track_end_events(ended)
         self._p.publisher.put(ev.records(out), frame.decoded_at)
@@ -182,7 +220,7 @@ class StreamRunner:
     def _new_capture(self, epoch: int) -> None:
         """A live source reconnected (new capture epoch): the old capture's tracks end, so no
         track (or its Redis key) spans two captures."""
-        ended = self._tracker.end_all()
+        ended = self._interval.end_all()
         if ended:
             self._p.publisher.put(ev.records(self._track_end_events(ended)), None)
         self._epoch = epoch
@@ -218,7 +256,11 @@ class StreamRunner:
         return out
 
     def _finish(self) -> None:
-        out = self._track_end_events(self._tracker.end_all())
+        try:
+            self.complete_pending()  # after an error: publish the frame still in flight
+        except Exception:
+            logger.exception("stream %s: the frame in flight could not be finished", self.stream_id)
+        out = self._track_end_events(self._interval.end_all())
         frames = self.source.stats().decoded
         out.append(
             ev.stream_end_event(
@@ -253,4 +295,6 @@ class StreamRunner:
             done=self.done,
             end_reason=self.end_reason,
             error=self.error,
+            flow_ms_mean=c.flow_ms / max(c.processed, 1),
+            detected_frames=c.detected_frames,
         )

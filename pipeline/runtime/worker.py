@@ -149,6 +149,7 @@ class Worker:
             sink_errors=dict.fromkeys(self._parts.publisher.sink_names, 0) | pub.sink_errors,
             latency_ms=latency_quantiles(pub.latency_ms[-2000:]),
             sinks=pub.sinks,
+            detect_batcher=self._parts.detect_stats(),
         )
 
     def sinks_behind(self, max_age_s: float = 5.0) -> dict[str, dict[str, Any]]:
@@ -198,21 +199,33 @@ def load_parts(
 ) -> tuple[StreamParts, ev.EventContext]:
     """Load the detector and emotion engine (warm), build the batcher and the publisher over
     the worker's event log (``settings.delivery``, one folder per worker id)."""
-    from engines.registry import load_engine
     from pipeline.runtime.batcher import MicroBatcher
+    from pipeline.runtime.detect_batcher import DetectBatcher
+    from pipeline.runtime.threads import plan_threads, tune_malloc
     from pipeline.stages.detect import FaceDetector
 
-    detector = FaceDetector(settings.detector)
-    engine = load_engine(
-        settings.emotion.model,
-        backend=settings.emotion.backend,
-        precision=settings.emotion.precision,
-        max_batch=settings.batch.max_batch,
+    tune_malloc()
+    threads = plan_threads(settings.detector.threads, settings.emotion.threads)
+    logger.info(
+        "threads on %d cores: detector %d, emotion %d",
+        threads.cores,
+        threads.detector,
+        threads.emotion,
     )
+    detector = FaceDetector(settings.detector, threads=threads.detector)
+    engine = _load_emotion_engine(settings, threads.emotion)
     spec = engine.input_spec
     batcher = MicroBatcher(
         engine, settings.batch.max_batch, settings.batch.max_wait_ms, enabled=settings.batch.enabled
     )
+    detect_batcher = DetectBatcher(
+        detector, settings.detector.max_batch, settings.detector.max_wait_ms
+    )
+
+    def close() -> None:
+        detect_batcher.close()
+        engine.close()
+
     parts = StreamParts(
         detector=detector,
         batcher=batcher,
@@ -224,7 +237,10 @@ def load_parts(
         crop=spec.crop,
         tracker=settings.tracker,
         smoothing_alpha=settings.emotion.smoothing_alpha,
-        engine_close=engine.close,
+        engine_close=close,
+        interval=settings.interval,
+        detect=detect_batcher.detect,
+        detect_stats=detect_batcher.stats,
         thumbnails=settings.track_thumbnails,
     )
     ctx = ev.EventContext(
@@ -236,6 +252,25 @@ def load_parts(
         precision=engine.precision,
     )
     return parts, ctx
+
+
+def _load_emotion_engine(settings: WorkerSettings, threads: int) -> Any:
+    """The warm emotion engine; on ONNX Runtime with ``threads`` intra-op threads."""
+    from engines.registry import load_engine, resolve_backend
+
+    config = None
+    model = Path(settings.emotion.model)
+    if model.is_file() and resolve_backend(model, settings.emotion.backend)[0] == "onnxruntime":
+        from engines.backends.onnxruntime import OnnxRuntimeConfig
+
+        config = OnnxRuntimeConfig(intra_op_threads=threads, inter_op_threads=1)
+    return load_engine(
+        model,
+        backend=settings.emotion.backend,
+        precision=settings.emotion.precision,
+        max_batch=settings.batch.max_batch,
+        config=config,
+    )
 
 
 def build_worker(

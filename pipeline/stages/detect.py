@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -108,17 +109,66 @@ def resolve_providers(requested: tuple[str, ...]) -> list[str]:
     return [p for p in order if p in available] or ["CPUExecutionProvider"]
 
 
-class FaceDetector:
-    """SCRFD face detector shared by all stream threads (calls are serialised by a lock)."""
+def canvas_size(image_hw: tuple[int, int], settings: DetectorSettings) -> tuple[int, int]:
+    """Detector input (width, height) for a frame of ``image_hw``: ``input_size``, or with
+    ``fit_aspect`` the frame at ``min(max_scale, fit into input_size)``, each side rounded up
+    to a multiple of 32."""
+    w_max, h_max = settings.input_size
+    if not settings.fit_aspect:
+        return w_max, h_max
+    h, w = image_hw
+    scale = min(w_max / w, h_max / h, settings.max_scale)
+    return min(_up32(w * scale), _up32(w_max)), min(_up32(h * scale), _up32(h_max))
 
-    def __init__(self, settings: DetectorSettings) -> None:
+
+def _up32(v: float) -> int:
+    return max(32, int(np.ceil(v / 32.0)) * 32)
+
+
+def ort_session_options(threads: int) -> Any:
+    """Session options with ``threads`` intra-op threads and no busy-wait spinning (spinning
+    threads steal the cores the other stages run on)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.enable_cpu_mem_arena = False  # the arena keeps every batch size's peak: RSS
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return opts
+
+
+class FaceDetector:
+    """SCRFD face detector shared by all stream threads (calls are serialised by a lock).
+
+    ``detect_batch`` runs many frames through one session call when the graph has a dynamic
+    batch axis (the bootstrapped one does) and decodes all of them at once in numpy; it gives
+    the same boxes as InsightFace's per-image ``SCRFD.detect``.
+    """
+
+    def __init__(self, settings: DetectorSettings, threads: int | None = None) -> None:
         self.settings = settings
         self.path = find_detector(settings)
         self.name = self.path.stem
+        self.threads = threads if threads is not None else settings.threads
         check_scrfd_layout(self.path)
         self._model = self._load()
         self._lock = threading.Lock()
-        logger.info("face detector %s (%s) input %s", self.name, self.path, settings.input_size)
+        self._centres: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
+        self.batched = bool(getattr(self._model, "batched", False)) and _dynamic_batch(
+            self._model.session
+        )
+        logger.info(
+            "face detector %s (%s) input %s, fit_aspect=%s, %s threads, batched=%s",
+            self.name,
+            self.path,
+            settings.input_size,
+            settings.fit_aspect,
+            self.threads or "default",
+            self.batched,
+        )
 
     def _load(self) -> Any:
         try:
@@ -131,7 +181,11 @@ class FaceDetector:
         providers = resolve_providers(self.settings.providers)
         fix = _FIX.format(dir=self.path.parent)
         try:
-            model = get_model(str(self.path), providers=providers)
+            model = get_model(
+                str(self.path),
+                providers=providers,
+                sess_options=ort_session_options(self.threads),
+            )
         except Exception as exc:
             raise ModelError(
                 f"detector model {self.path} cannot be loaded ({type(exc).__name__}: {exc}): {fix}"
@@ -152,29 +206,161 @@ class FaceDetector:
 
     def detect(self, image: npt.NDArray[np.uint8]) -> Faces:
         """Faces in an HxWx3 uint8 BGR image (empty image: no faces)."""
-        if (
-            not isinstance(image, np.ndarray)
-            or image.dtype != np.uint8
-            or image.ndim != 3
-            or image.shape[2] != 3
-        ):
-            shape = getattr(image, "shape", None)
-            dtype = getattr(image, "dtype", type(image).__name__)
-            raise ValueError(
-                f"FaceDetector.detect needs an HxWx3 uint8 BGR image, got {shape} {dtype}"
-            )
-        if image.shape[0] == 0 or image.shape[1] == 0:
-            return Faces.empty()
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[npt.NDArray[np.uint8]]) -> list[Faces]:
+        """Faces of each image; images that share a detector canvas go through one call."""
+        for image in images:
+            _check_image(image)
+        out: list[Faces] = [Faces.empty()] * len(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            if image.shape[0] and image.shape[1]:
+                groups.setdefault(canvas_size(image.shape[:2], self.settings), []).append(i)
+        for canvas, idx in groups.items():
+            step = len(idx) if self.batched else 1
+            for k in range(0, len(idx), step):
+                chunk = idx[k : k + step]
+                for i, faces in zip(
+                    chunk, self._detect_group([images[i] for i in chunk], canvas), strict=True
+                ):
+                    out[i] = faces
+        return out
+
+    def _detect_group(
+        self, images: list[npt.NDArray[np.uint8]], canvas: tuple[int, int]
+    ) -> list[Faces]:
+        m = self._model
+        blob, scales = letterbox_blob(images, canvas, float(m.input_mean), float(m.input_std))
         with self._lock:
-            det, kps = self._model.detect(image)
-        if det is None or len(det) == 0:
+            outs = m.session.run(m.output_names, {m.input_name: blob})
+        if not self.batched:
+            outs = [o[None] for o in outs]
+        dets = decode_batch(outs, scales, canvas, m, self.settings.score_threshold, self._centres)
+        return [self._faces(det, kps) for det, kps in dets]
+
+    def _faces(self, det: npt.NDArray[np.float32], kps: npt.NDArray[np.float32] | None) -> Faces:
+        if len(det) == 0:
             return Faces.empty()
-        det = np.asarray(det, np.float32)
         if kps is None:
             kps = _box_keypoints(det[:, :4])
         wh = np.minimum(det[:, 2] - det[:, 0], det[:, 3] - det[:, 1])
         keep = wh >= self.settings.min_face_px
-        return Faces.create(det[keep, :4], det[keep, 4], np.asarray(kps, np.float32)[keep])
+        return Faces.create(det[keep, :4], det[keep, 4], kps[keep])
+
+    def reference(self, image: npt.NDArray[np.uint8]) -> tuple[Any, Any]:
+        """InsightFace's own per-image ``SCRFD.detect`` at this detector's canvas (for tests)."""
+        with self._lock:
+            return self._model.detect(image, input_size=canvas_size(image.shape[:2], self.settings))
+
+
+def _check_image(image: Any) -> None:
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+    ):
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"FaceDetector.detect needs an HxWx3 uint8 BGR image, got {shape} {dtype}")
+
+
+def _dynamic_batch(session: Any) -> bool:
+    dim = session.get_inputs()[0].shape[0]
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def letterbox_blob(
+    images: list[npt.NDArray[np.uint8]], canvas: tuple[int, int], mean: float, std: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """NCHW RGB ``(x - mean) / std`` blob of the images resized into the top-left of
+    ``canvas`` (InsightFace's letterbox), and each image's scale."""
+    cw, ch = canvas
+    padded = np.zeros((len(images), ch, cw, 3), np.uint8)
+    scales = np.empty(len(images), np.float32)
+    for i, img in enumerate(images):
+        h, w = img.shape[:2]
+        if h / w > ch / cw:
+            nh, nw = ch, int(ch / (h / w))
+        else:
+            nw, nh = cw, int(cw * (h / w))
+        scales[i] = nh / h
+        padded[i, :nh, :nw] = cv2.resize(img, (nw, nh))
+    blob = cv2.dnn.blobFromImages(list(padded), 1.0 / std, canvas, (mean, mean, mean), swapRB=True)
+    return np.ascontiguousarray(blob, np.float32), scales
+
+
+def decode_batch(
+    outs: list[npt.NDArray[np.float32]],
+    scales: npt.NDArray[np.float32],
+    canvas: tuple[int, int],
+    model: Any,
+    threshold: float,
+    cache: dict[tuple[int, int, int], npt.NDArray[np.float32]],
+) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]]:
+    """SCRFD outputs of a batch (each (batch, anchors, width)) -> per image (det (n,5), kps)."""
+    fmc, use_kps = int(model.fmc), bool(model.use_kps)
+    img_idx, scores, boxes, kpss = [], [], [], []
+    for level, stride in enumerate(model._feat_stride_fpn):
+        score = outs[level][..., 0]
+        b, a = np.nonzero(score >= threshold)
+        centres = _anchor_centres(canvas, int(stride), int(model._num_anchors), cache)[a]
+        dist = outs[level + fmc][b, a] * stride
+        boxes.append(np.concatenate([centres - dist[:, :2], centres + dist[:, 2:]], axis=1))
+        if use_kps:
+            k = outs[level + 2 * fmc][b, a] * stride
+            kpss.append(k.reshape(len(a), k.shape[1] // 2, 2) + centres[:, None, :])
+        img_idx.append(b)
+        scores.append(score[b, a])
+    b_all = np.concatenate(img_idx)
+    det_all = np.concatenate(
+        [np.concatenate(boxes) / scales[b_all, None], np.concatenate(scores)[:, None]], axis=1
+    ).astype(np.float32)
+    kps_all = np.concatenate(kpss) / scales[b_all, None, None] if use_kps else None
+    result = []
+    for i in range(len(scales)):
+        sel = np.flatnonzero(b_all == i)
+        det = det_all[sel]
+        order = np.argsort(-det[:, 4], kind="stable")
+        keep = order[nms(det[order], float(model.nms_thresh))]
+        kps = None if kps_all is None else kps_all[sel][keep].astype(np.float32)
+        result.append((det[keep], kps))
+    return result
+
+
+def _anchor_centres(
+    canvas: tuple[int, int],
+    stride: int,
+    anchors: int,
+    cache: dict[tuple[int, int, int], npt.NDArray[np.float32]],
+) -> npt.NDArray[np.float32]:
+    key = (canvas[1] // stride, canvas[0] // stride, stride)
+    if key not in cache:
+        h, w, _ = key
+        ys, xs = np.mgrid[:h, :w]
+        grid = np.stack([xs, ys], axis=-1).astype(np.float32)
+        centres = (grid * stride).reshape(-1, 2)
+        cache[key] = np.repeat(centres, anchors, axis=0) if anchors > 1 else centres
+    return cache[key]
+
+
+def nms(dets: npt.NDArray[np.float32], thresh: float) -> npt.NDArray[np.int64]:
+    """Greedy NMS of score-sorted ``dets`` (n,5), InsightFace's formula; kept row indices."""
+    x1, y1, x2, y2 = dets[:, 0], dets[:, 1], dets[:, 2], dets[:, 3]
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    order = np.arange(len(dets))
+    keep = []
+    while order.size > 0:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]) + 1)
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]) + 1)
+        inter = w * h
+        ovr = inter / (areas[i] + areas[rest] - inter)
+        order = rest[ovr <= thresh]
+    return np.asarray(keep, np.int64)
 
 
 def _use_tensorrt_if_chosen(model: Any, path: Path, settings: DetectorSettings) -> str:

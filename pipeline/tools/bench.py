@@ -20,6 +20,7 @@ import numpy as np
 import psutil
 
 from pipeline.core.config import WorkerSettings
+from pipeline.runtime.stats import StreamStats
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,52 @@ def bare_decode_fps(path: str, max_frames: int | None = None) -> dict[str, float
                 break
     dt = time.perf_counter() - t0
     return {"frames": n, "seconds": round(dt, 3), "frames_per_s": round(n / max(dt, 1e-9), 1)}
+
+
+#: Python thread name prefix -> stage, for the CPU split.
+_STAGES = (
+    ("source-", "decode"),
+    ("stream-", "stream (detect call, flow, align)"),
+    ("micro-batcher", "emotion engine"),
+    ("detect-batcher", "detector (batched)"),
+    ("publisher", "publish (encode + sinks)"),
+)
+
+
+class ThreadCpu(threading.Thread):
+    """Samples per-thread CPU seconds (psutil) and attributes them to pipeline stages by the
+    Python thread names; native threads (ONNX Runtime pools, FFmpeg decoder threads) are
+    summed as "native pools". Threads that end are remembered at their last sample."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        super().__init__(daemon=True, name="bench-cpu")
+        self.interval_s = interval_s
+        self.halt = threading.Event()
+        self._last: dict[int, tuple[str, float]] = {}
+        self._base: dict[int, float] = {}
+        self.sample()
+        self._base = {tid: cpu for tid, (_, cpu) in self._last.items()}
+
+    def sample(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate() if t.native_id}
+        for th in psutil.Process().threads():
+            name = self._last.get(th.id, ("", 0.0))[0] or names.get(th.id, "")
+            self._last[th.id] = (name, th.user_time + th.system_time)
+
+    def run(self) -> None:
+        while not self.halt.wait(self.interval_s):
+            self.sample()
+
+    def split(self) -> dict[str, float]:
+        self.sample()
+        out: dict[str, float] = {}
+        for tid, (name, cpu) in self._last.items():
+            if name.startswith(("bench-", "MainThread")) or name == "":
+                stage = "native pools (onnxruntime, ffmpeg)" if name == "" else "main"
+            else:
+                stage = next((st for p, st in _STAGES if name.startswith(p)), "other")
+            out[stage] = out.get(stage, 0.0) + cpu - self._base.get(tid, 0.0)
+        return {k: round(v, 3) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
 
 
 class _Progress(threading.Thread):
@@ -148,6 +195,7 @@ def _start_view(
 def run_bench(
     source: str, settings: WorkerSettings, models_dir: Path, streams: int = 1, watchers: int = 0
 ) -> dict[str, Any]:
+    """One run of ``streams`` copies of ``source``: throughput, latency, CPU, RSS, stages."""
     from pipeline.media.sources import parse_source
     from pipeline.runtime.eventlog import EventLog
     from pipeline.runtime.worker import Worker, load_parts, with_models_dir
@@ -164,6 +212,8 @@ def run_bench(
     proc = psutil.Process()
     cpu0 = proc.cpu_times()
     progress = _Progress(worker)
+    threads_cpu = ThreadCpu()
+    threads_cpu.start()
     t0 = time.perf_counter()
     progress.start()
     for sid in ids:
@@ -175,9 +225,11 @@ def run_bench(
     stats = worker.stats()
     lat = np.asarray(parts.publisher.stats().latency_ms or [0.0])
     view_result = view.result(watchers) if view is not None else None
+    split = threads_cpu.split()
     worker.stop("eof")
     shutil.rmtree(log.folder, ignore_errors=True)
     progress.halt.set()
+    threads_cpu.halt.set()
     cpu1 = proc.cpu_times()
     frames, decoded, faces = stats.processed, stats.decoded, stats.faces
     fps = frames / elapsed
@@ -207,4 +259,84 @@ def run_bench(
         "ratio_to_decode": round(fps / streams / max(decode["frames_per_s"], 1e-9), 4),
         "batcher": None if stats.batcher is None else stats.batcher.as_dict(),
         "view": view_result,
+        "detect_batcher": stats.detect_batcher,
+        "interval": settings.interval.model_dump(mode="json"),
+        "realtime": settings.source.realtime,
+        "stages_ms_per_frame": stage_split(list(stats.streams.values()), frames),
+        "cpu_s_by_stage": split,
+        "cpu_ms_per_frame": round(
+            1000 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / max(frames, 1), 2
+        ),
     }
+
+
+def stage_split(streams: list[StreamStats], frames: int) -> dict[str, float]:
+    """Mean wall milliseconds per processed frame on the stream threads, by stage."""
+    if not frames:
+        return {}
+    total = {k: 0.0 for k in ("locate", "flow", "classify")}
+    detected = 0
+    for s in streams:
+        n = s.processed
+        total["locate"] += s.detect_ms_mean * n
+        total["flow"] += s.flow_ms_mean * n
+        total["classify"] += s.infer_ms_mean * n
+        detected += s.detected_frames
+    return {
+        "detect (frames it ran on, averaged over all)": round(
+            (total["locate"] - total["flow"]) / frames, 2
+        ),
+        "flow carry": round(total["flow"] / frames, 2),
+        "align + classify (wait for the batcher)": round(total["classify"] / frames, 2),
+        "detected_share": round(detected / frames, 3),
+    }
+
+
+def run_curve(
+    source: str, counts: list[int], extra_args: list[str], paced: tuple[bool, ...] = (False, True)
+) -> list[dict[str, Any]]:
+    """``bench`` for each stream count (and unpaced / live-paced), each in a fresh process so
+    peak RSS belongs to that count alone."""
+    import json
+    import subprocess
+
+    rows = []
+    for realtime in paced:
+        for n in counts:
+            cmd = [sys.executable, "-m", "pipeline", "-q", "bench", source, "--streams", str(n)]
+            cmd += ["--json", *extra_args] + (["--realtime"] if realtime else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise RuntimeError(f"bench --streams {n} failed: {out.stderr.strip()[-500:]}")
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(
+                {
+                    "streams": n,
+                    "paced": realtime,
+                    "frames_per_s": r["frames_per_s"],
+                    "faces_per_s": r["faces_per_s"],
+                    "latency_ms_p50": r["latency_ms_p50"],
+                    "latency_ms_p99": r["latency_ms_p99"],
+                    "peak_rss_mb": r["peak_rss_mb"],
+                    "cpu_percent": r["cpu_percent"],
+                    "cpu_ms_per_frame": r["cpu_ms_per_frame"],
+                    "mean_detect_batch": r["detect_batcher"].get("mean_batch", 0.0),
+                }
+            )
+            print(f"bench: {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def render_curve(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| streams | paced | frames/s | faces/s | p50 ms | p99 ms | peak RSS MB | CPU % | CPU ms/frame | det batch |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['streams']} | {'live' if r['paced'] else 'unpaced'} | {r['frames_per_s']:.1f} | "
+            f"{r['faces_per_s']:.0f} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p99']:.0f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['cpu_percent']:.0f} | {r['cpu_ms_per_frame']:.1f} | "
+            f"{r['mean_detect_batch']:.2f} |"
+        )
+    return "\n".join(lines)

