@@ -155,6 +155,10 @@ class FaceDetector:
         self.threads = threads if threads is not None else settings.threads
         check_scrfd_layout(self.path)
         self._model = self._load()
+        if self.backend == "tensorrt" and settings.fit_aspect:
+            # a TensorRT plan is built for one input size: letterbox every frame into it
+            logger.info("TensorRT detector: frames letterboxed into %s", settings.input_size)
+            self.settings = settings.model_copy(update={"fit_aspect": False})
         self._lock = threading.Lock()
         self._centres: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
         self.batched = bool(getattr(self._model, "batched", False)) and _dynamic_batch(
@@ -165,7 +169,7 @@ class FaceDetector:
             self.name,
             self.path,
             settings.input_size,
-            settings.fit_aspect,
+            self.settings.fit_aspect,
             self.threads or "default",
             self.batched,
         )

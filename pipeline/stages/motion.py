@@ -178,7 +178,9 @@ class IntervalTracker:
             faces, ended = self.tracker.update(detect(image))
             detect_ms, flow_ms = (time.perf_counter() - t1) * 1000, (t1 - t0) * 1000
             detected = np.ones(len(faces), np.bool_)
-            self._since, self._want = 0, ""
+            # auto: keep detecting while a track is lost (hidden behind another face, say),
+            # so it is found again near where it vanished instead of as a new id later
+            self._since, self._want = 0, "lost" if self.tracker.has_lost else ""
             self.detections += 1
         else:
             assert self._prev is not None

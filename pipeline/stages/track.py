@@ -97,6 +97,11 @@ class Tracker:
     def live_ids(self) -> list[int]:
         return [t.track_id for t in self._tracks]
 
+    @property
+    def has_lost(self) -> bool:
+        """A live track missed its last frame (occluded, or flow lost it) and has not ended."""
+        return any(t.misses > 0 for t in self._tracks)
+
     def update(self, faces: Faces) -> tuple[Faces, list[int]]:
         """Return the faces with track ids (faces below ``low_threshold`` dropped) and the ids
         of tracks that ended on this frame."""
