@@ -11,29 +11,18 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.tools.loopback import free_port, port_open
+
 logger = logging.getLogger(__name__)
 
+
 _MISSING_HINT = "run `make system` (or `make setup`) to install it"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
@@ -55,7 +44,7 @@ def _wait_ready(
         if proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"{name} exited with code {proc.returncode} on port {port}: {tail}")
-        if _port_open(port):
+        if port_open(port):
             return
         time.sleep(0.05)
     _stop_process(proc)
@@ -126,7 +115,7 @@ class KafkaBroker:
         """Stop and start again on the same port (memory storage: topics are gone)."""
         self.stop()
         deadline = time.monotonic() + 10
-        while _port_open(self.port) and time.monotonic() < deadline:
+        while port_open(self.port) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.start()
 
