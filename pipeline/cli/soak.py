@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--models", type=Path, default=Path("models"), help="Model folder (default: models)."
     )
+    p.add_argument(
+        "--memory-broker",
+        action="store_true",
+        help="Broker keeps data in memory: no broker-restart fault (default: S3 storage on a "
+        "local moto server, so the broker can be restarted).",
+    )
     p.set_defaults(func=cmd_soak)
 
     lb = sub.add_parser("bench-log", help="Measure the event log: append and drain events/s.")
@@ -54,7 +60,13 @@ def cmd_soak(args: argparse.Namespace) -> int:
         clip = make_sample_clip(Path(tempfile.mkdtemp(prefix="es-soak-clip-")) / "sample.mp4")
     elif not Path(clip).is_file():
         raise ConfigError(f"soak source {clip} is not a file: pass a video file")
-    plan = SoakPlan(args.streams, args.seconds, args.outage_s, args.every)
+    plan = SoakPlan(
+        args.streams,
+        args.seconds,
+        args.outage_s,
+        args.every,
+        persistent_broker=not args.memory_broker,
+    )
     result = run_soak(Path(clip), args.models, plan)
     print(json.dumps(result))
     lost = result["lost"]

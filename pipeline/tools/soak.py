@@ -50,6 +50,9 @@ class SoakPlan:
     outage_s: float = 20.0
     every: int = 5
     faults: tuple[Fault, ...] = tuple(Fault)
+    #: keep broker data on a local S3 server (moto) so the broker can be restarted; False:
+    #: memory storage, no broker restart (tansu reads back slowly from S3 after a restart)
+    persistent_broker: bool = True
 
 
 @dataclass
@@ -78,11 +81,12 @@ class Servers:
                 s.close()
 
 
-def start_servers() -> Servers:
+def start_servers(persistent: bool = True) -> Servers:
     s3 = None
     try:
-        s3 = S3Server()
-        s3.start()
+        if persistent:
+            s3 = S3Server()
+            s3.start()
     except Exception as exc:  # no moto: memory storage, and no broker restarts
         logger.warning("no local S3 (%s): the broker keeps data in memory", exc)
         s3 = None
@@ -102,7 +106,7 @@ def inject(servers: Servers, fault: Fault, outage_s: float, stop: threading.Even
 
 
 def _recovered(worker: Any, sink: str) -> bool:
-    d = worker.stats()["sinks"].get(sink, {})
+    d = worker.stats().sinks.get(sink, {})
     return not d.get("down", True) and d.get("oldest_pending_age_s", 1e9) < 2.0
 
 
@@ -167,6 +171,7 @@ def build(
 def verify(work: Path, servers: Servers) -> dict[str, Any]:
     """Accepted (the JSONL file, delivered first and locally) against Kafka and Redis."""
     import redis as redis_py
+    from kafka import TopicPartition
 
     from pipeline.core.kafka_client import make_consumer
     from pipeline.sinks.redis_agg import read_session
@@ -186,6 +191,10 @@ def verify(work: Path, servers: Servers) -> dict[str, Any]:
     while len(set(in_kafka) & ids) < len(ids) and time.monotonic() < deadline:
         for msg in consumer:
             in_kafka[json.loads(msg.value)["event_id"]] += 1
+            if time.monotonic() > deadline:
+                break
+    parts = consumer.partitions_for_topic(TOPIC) or set()
+    ends = consumer.end_offsets([TopicPartition(TOPIC, p) for p in parts]) if parts else {}
     consumer.close()
     client = redis_py.Redis.from_url(servers.redis.url, decode_responses=True)
     agg = read_session(client, "es", SESSION)
@@ -193,6 +202,7 @@ def verify(work: Path, servers: Servers) -> dict[str, Any]:
     return {
         "accepted_ids": len(ids),
         "kafka_messages": sum(in_kafka.values()),
+        "kafka_end_offsets": sum(ends.values()),
         "kafka_duplicates": sum(in_kafka.values()) - len(in_kafka),
         "lost": {
             "kafka": len(ids - set(in_kafka)),
@@ -203,7 +213,7 @@ def verify(work: Path, servers: Servers) -> dict[str, Any]:
 
 def run_soak(clip: Path, models: Path, plan: SoakPlan) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="es-soak-"))
-    servers = start_servers()
+    servers = start_servers(plan.persistent_broker)
     try:
         worker, specs = build(clip, models, plan, servers, work)
         stop = threading.Event()
@@ -219,7 +229,7 @@ def run_soak(clip: Path, models: Path, plan: SoakPlan) -> dict[str, Any]:
         stop.wait()
         worker.stop("soak over")
         stats = worker.stats()
-        accepted, sinks = stats["events"], stats["sinks"]
+        accepted, sinks = stats.events, stats.sinks
         result = {
             "streams": plan.streams,
             "seconds": plan.seconds,
