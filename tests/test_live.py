@@ -31,24 +31,12 @@ from pipeline.core.config import (
     WorkerSettings,
 )
 from pipeline.core.errors import ConfigError, ModelError
-from pipeline.core.types import Frame
 from pipeline.media.sources import SourceState, VideoSource, parse_source
 from tests.fixtures_rtsp import RtspServer, free_port
 from tests.servers import wait_until
+from tests.test_sources import drain
 
 pytestmark = [pytest.mark.integration]
-
-
-def _drain(src: VideoSource, timeout: float = 60.0) -> list[Frame]:
-    src.start()
-    frames: list[Frame] = []
-    deadline = time.monotonic() + timeout
-    while not src.ended and time.monotonic() < deadline:
-        f = src.get(timeout=0.2)
-        if f is not None:
-            frames.append(f)
-    src.stop()
-    return frames
 
 
 def _live_settings(**kw: Any) -> SourceSettings:
@@ -172,7 +160,7 @@ def test_source_rtsp_multislice_frames_same_faces_as_file(
                 reconnect_attempts=0,
             ),
         )
-        frames = _drain(src)
+        frames = drain(src, timeout=60.0)
     assert src.error is None, src.error
     assert len(frames) >= 45 and frames[0].image.shape == (720, 1280, 3)
     counts = [len(detector.detect(f.image)) for f in frames]
@@ -196,7 +184,7 @@ def _corrupt_copy(clip: Path, out: Path, lo: float = 0.45, hi: float = 0.55) -> 
 def test_source_file_corrupt_middle_rest_is_processed(sample_clip: Path, tmp_path: Path) -> None:
     bad = _corrupt_copy(sample_clip, tmp_path / "corrupt.mp4")
     src = VideoSource(parse_source(str(bad)), SourceSettings())
-    frames = _drain(src)
+    frames = drain(src, timeout=60.0)
     st = src.stats()
     assert src.error is None, src.error
     assert st.decode_errors > 0 and st.state is SourceState.ENDED
@@ -210,7 +198,7 @@ def test_source_file_corrupt_gives_up_after_max_decode_errors(
 ) -> None:
     bad = _corrupt_copy(sample_clip, tmp_path / "corrupt.mp4")
     src = VideoSource(parse_source(str(bad)), SourceSettings(max_decode_errors=1))
-    _drain(src)
+    drain(src, timeout=60.0)
     msg = str(src.error)
     assert "max_decode_errors=1" in msg and "corrupt.mp4" in msg and "\n" not in msg
     assert src.stats().state is SourceState.FAILED

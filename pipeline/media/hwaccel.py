@@ -57,6 +57,11 @@ def nvdec_status() -> tuple[bool, str]:
         from av.codec.hwaccel import HWAccel, hwdevices_available
     except ImportError as exc:
         return False, f"this PyAV has no hardware acceleration API ({exc})"
+    from engines.cuda import probe_driver
+
+    driver = probe_driver()
+    if not driver.ok:  # no GPU: skip encoding and decoding a probe clip at every start
+        return False, driver.reason
     devices = list(hwdevices_available())
     if "cuda" not in devices:
         return (
