@@ -40,6 +40,19 @@ def _live_url(log: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _wait_live_url(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The view URL the process prints once it serves (fails if it exits first)."""
+    wait_until(
+        lambda: proc.poll() is not None or _live_url(log) is not None,
+        120,
+        lambda: f"the view URL in {log}: {log.read_text()[-1500:]}",
+        poll_s=0.2,
+    )
+    url = _live_url(log)
+    assert url is not None, log.read_text()[-2000:]
+    return url
+
+
 @pytest.fixture(scope="module")
 def view_worker(
     tmp_path_factory: pytest.TempPathFactory, sample_clip: Path, models_dir: Path, redis_server: Any
@@ -55,14 +68,7 @@ def view_worker(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        wait_until(
-            lambda: proc.poll() is not None or _live_url(log) is not None,
-            120,
-            lambda: f"the view URL in {log}: {log.read_text()[-1500:]}",
-            poll_s=0.2,
-        )
-        url = _live_url(log)
-        assert url is not None, log.read_text()[-2000:]
+        url = _wait_live_url(proc, log)
         yield ViewWorker(proc, log, url)
     finally:
         if proc.poll() is None:
@@ -213,14 +219,7 @@ def test_group_worker_serves_view_of_assigned_stream(
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
     try:
-        wait_until(
-            lambda: proc.poll() is not None or _live_url(log) is not None,
-            120,
-            lambda: f"the view URL: {log.read_text()[-1500:]}",
-            poll_s=0.2,
-        )
-        url = (_live_url(log) or "").rstrip("/")
-        assert url, log.read_text()[-2000:]
+        url = _wait_live_url(proc, log).rstrip("/")
         add = subprocess.run(
             [sys.executable, "-m", "pipeline", "streams", "add", "cam-v", f"file://{sample_clip}",
              "--loop", "--realtime", *kafka],
