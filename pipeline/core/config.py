@@ -7,58 +7,42 @@ the environment at import time: ``load_settings()`` does it when called.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipeline.core.enums import Backend, Precision, RtspTransport
+from pipeline.core.enums import (  # the settings' named choices, importable from here too
+    Assignor,
+    Backend,
+    DecodeMode,
+    DetectorBackend,
+    DropPolicy,
+    FsyncPolicy,
+    IntervalMode,
+    LogFullPolicy,
+    Precision,
+    RtspTransport,
+)
+
+__all__ = [
+    "Assignor",
+    "Backend",
+    "DecodeMode",
+    "DetectorBackend",
+    "DropPolicy",
+    "FsyncPolicy",
+    "IntervalMode",
+    "LogFullPolicy",
+    "Precision",
+    "RtspTransport",
+]
 
 
 class StrictModel(BaseModel):
     """Base of every settings section: unknown keys are rejected, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DropPolicy(enum.StrEnum):
-    """What a live source does when its bounded frame queue is full."""
-
-    DROP_OLDEST = "drop_oldest"
-    DROP_LATEST = "drop_latest"
-    BLOCK = "block"
-
-
-class DecodeMode(enum.StrEnum):
-    """Where video is decoded: NVDEC when present (auto), always the CPU, or NVDEC required."""
-
-    AUTO = "auto"
-    CPU = "cpu"
-    NVDEC = "nvdec"
-
-
-class DetectorBackend(enum.StrEnum):
-    """What runs the face detector: TensorRT when usable (auto), TensorRT, or ONNX Runtime."""
-
-    AUTO = "auto"
-    TENSORRT = "tensorrt"
-    ONNXRUNTIME = "onnxruntime"
-
-
-class LogFullPolicy(enum.StrEnum):
-    """What the worker's event log does when it reaches its size limit."""
-
-    DROP_OLDEST = "drop_oldest"
-    BLOCK = "block"
-
-
-class FsyncPolicy(enum.StrEnum):
-    """How hard the event log pushes each append to disk (SQLite ``synchronous``)."""
-
-    ALWAYS = "always"
-    NORMAL = "normal"
-    OFF = "off"
 
 
 class SourceSettings(StrictModel):
@@ -155,13 +139,6 @@ class DetectorSettings(StrictModel):
     max_wait_ms: float = Field(
         2.0, ge=0, description="Longest a frame waits for other streams' frames to batch with."
     )
-
-
-class IntervalMode(enum.StrEnum):
-    """When the detector runs between its regular interval."""
-
-    FIXED = "fixed"  # exactly every N processed frames
-    AUTO = "auto"  # every N frames, and sooner when a track is lost/uncertain or the scene cuts
 
 
 class IntervalSettings(StrictModel):
@@ -321,13 +298,6 @@ class RedisSettings(BaseSettings):
         if self.password_file is not None:
             return self.password_file.read_text().strip()
         return None
-
-
-class Assignor(enum.StrEnum):
-    """Partition assignment protocol of the worker group."""
-
-    COOPERATIVE = "cooperative"  # KIP-429: only moving partitions are revoked
-    EAGER = "eager"  # range / round robin: every rebalance revokes everything
 
 
 class GroupSettings(StrictModel):
