@@ -225,6 +225,20 @@ def test_model_forward_shape_and_parameters(
     assert lo <= n <= hi, n
 
 
+@pytest.mark.parametrize("size", [60, 30, 15, 8, 7])
+def test_same_pad_max_pool_equals_tensorflow_same(size: int) -> None:
+    import torch.nn.functional as F
+
+    from training.models.mini_xception import SamePadMaxPool, tf_same_pads
+
+    x = torch.randn(2, 3, size, size)
+    top, bottom = tf_same_pads(size, 3, 2)
+    want = F.max_pool2d(F.pad(x, (top, bottom, top, bottom), value=float("-inf")), 3, 2)
+    got = SamePadMaxPool(size)(x)
+    assert got.shape == want.shape
+    assert torch.equal(got, want)
+
+
 def test_resnet50_parameters_match_torchvision_shape() -> None:
     # torchvision's resnet50 has 25,557,032 parameters with a 1000-way fc (2048*1000+1000)
     n = sum(p.numel() for p in resnet50().parameters())

