@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 
 from pipeline.core.types import Faces
-from pipeline.stages.align import align_faces, similarity, template
+from pipeline.stages.align import align_faces, similarities, similarity, template
 
 
 def test_similarity_recovers_known_transform() -> None:
@@ -39,8 +39,8 @@ def test_align_faces_empty_returns_empty() -> None:
 
 
 def test_align_faces_default_gray_64_is_unchanged() -> None:
-    # sha256 of the crops before alignment learned colour and non-square sizes: the default
-    # mini-Xception input stays bit-identical.
+    # sha256 of the default mini-Xception input, so a change to it is noticed (it changed
+    # once on purpose: the closed-form similarity, equal to the SVD one within 2e-5 px).
     import hashlib
 
     rng = np.random.default_rng(7)
@@ -57,7 +57,7 @@ def test_align_faces_default_gray_64_is_unchanged() -> None:
     assert crops.shape == (2, 64, 64)
     assert (
         hashlib.sha256(crops.tobytes()).hexdigest()
-        == "959d904b31e3945f026541452155b207352561d9afdd24f9f7dd26d2b3278bfa"
+        == "4ab4e2b2054f315a5ca7c66bea7e7371eeb109bd5c56c96bd2b698a1071f1941"
     )
 
 
@@ -65,3 +65,27 @@ def test_template_non_square_keeps_proportions_centred() -> None:
     square = template(96)
     tall = template((112, 96))
     np.testing.assert_allclose(tall, square + np.array([0.0, 8.0], np.float32), atol=1e-5)
+
+
+def _umeyama(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The SVD least-squares similarity (Umeyama 1991), the reference."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    u, sig, vt = np.linalg.svd(d0.T @ s0 / len(src))
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[1] = -1
+    rot = u @ np.diag(d) @ vt
+    scale = (sig * d).sum() / (s0**2).sum(axis=1).mean()
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def test_similarities_closed_form_equals_umeyama_svd() -> None:
+    rng = np.random.default_rng(0)
+    dst = template(64).astype(np.float64)
+    src = rng.normal(size=(300, 5, 2)) * 30 + 200
+    src[1::2] = src[1::2, :, ::-1]  # mirrored layouts: the reflection case of Umeyama
+    got = similarities(src.astype(np.float32), dst.astype(np.float32))
+    want = np.stack([_umeyama(s, dst) for s in src])
+    assert got.shape == (300, 2, 3)
+    assert np.abs(got - want).max() < 1e-3

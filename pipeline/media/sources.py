@@ -28,6 +28,7 @@ from pipeline.core.errors import ConfigError, SourceError
 from pipeline.core.redact import redact_url
 from pipeline.core.types import Frame
 from pipeline.media.hwaccel import decode_options
+from pipeline.media.pictures import pixels_of
 
 if TYPE_CHECKING:
     import av.container
@@ -613,7 +614,6 @@ class VideoSource:
             raise _StoppedError
         frame_num = self._decoded
         now = time.time()
-        image = vf.to_ndarray(format="bgr24")
         with self._lock:
             self._decoded += 1
             self._first_decode = self._first_decode if self._first_decode is not None else now
@@ -633,7 +633,7 @@ class VideoSource:
                 frame_num,
                 out_pts,
                 wall_ts,
-                image,
+                pixels_of(vf),  # converted to BGR / gray when a stage asks (pictures.py)
                 decoded_at=now,
                 epoch=self._epoch,
             )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -31,6 +31,11 @@ if TYPE_CHECKING:
     from pipeline.stages.detect import FaceDetector
 
 logger = logging.getLogger(__name__)
+
+#: Frames a stream keeps in flight in the emotion batcher: while the engine classifies frame
+#: t, the stream thread tracks and aligns t+1 and t+2 instead of waiting (events still leave
+#: in frame order).
+IN_FLIGHT = 2
 
 
 @dataclass
@@ -68,6 +73,10 @@ class StreamParts:
     observer: FrameObserver | None = None
 
 
+def _ready(future: Future[Any] | None) -> bool:
+    return future is None or future.done()
+
+
 class FrameObserver(Protocol):
     """Sees each processed frame after its events are queued; keeps at most the latest."""
 
@@ -86,7 +95,7 @@ class StreamRunner:
         self._p = parts
         self._tracker = Tracker(parts.tracker)
         self._interval = IntervalTracker(parts.interval, self._tracker)
-        self._pending: tuple[Frame, Step, Future[Any] | None, float, float] | None = None
+        self._pending: deque[tuple[Frame, Step, Future[Any] | None, float, float]] = deque()
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
         self._best = BestFaces() if parts.thumbnails else None
@@ -147,7 +156,7 @@ class StreamRunner:
     def _release(self) -> None:
         """Drop what a stopped stream holds (its last frame, tracker state); counters stay."""
         self._last_frame = None
-        self._pending = None
+        self._pending.clear()
         self._tracker = Tracker(self._p.tracker)
         self._interval = IntervalTracker(self._p.interval, self._tracker)
         self._smoother = EmaSmoother(self._p.smoothing_alpha)
@@ -156,7 +165,7 @@ class StreamRunner:
     def _loop(self) -> None:
         while not self._stop.is_set():
             # With a frame in flight, do not wait for the next one before publishing it.
-            frame = self.source.get(timeout=0.2 if self._pending is None else 0.0)
+            frame = self.source.get(timeout=0.2 if not self._pending else 0.0)
             if frame is None:
                 self.complete_pending()
                 if self.source.ended:
@@ -171,31 +180,36 @@ class StreamRunner:
 
     def process(self, frame: Frame) -> FrameResult | None:
         """Locate and align this frame's faces and hand them to the emotion batcher, then
-        finish the previous frame (one frame in flight: the emotion engine classifies frame
-        t on its thread while this thread works on frame t+1). Returns the finished frame."""
+        finish the oldest frame in flight once more than ``IN_FLIGHT`` are (the emotion engine
+        classifies on its thread while this thread works on the next frames). Returns the
+        frame finished, if any."""
         if frame.epoch != self._epoch:
-            self.complete_pending()  # the old capture's last frame, before its tracks end
+            self.complete_pending()  # the old capture's last frames, before its tracks end
             self._new_capture(frame.epoch)
         t0 = time.perf_counter()
-        step = self._interval.step(frame.image, self._p.detect or self._p.detector.detect)
+        step = self._interval.step(frame.picture, self._p.detect or self._p.detector.detect)
         t1 = time.perf_counter()
         future: Future[Any] | None = None
         if len(step.faces):
-            crops = align_faces(frame.image, step.faces, self._p.crop)
+            crops = align_faces(frame.picture, step.faces, self._p.crop)
             if self._best is not None:
                 self._best.update(step.faces.track_id, step.faces.score, crops, frame.frame_num)
             future = self._p.batcher.submit(crops)
-        done = self.complete_pending()
-        self._pending = (frame, step, future, (t1 - t0) * 1000, time.perf_counter())
+        self._pending.append((frame, step, future, (t1 - t0) * 1000, time.perf_counter()))
+        done = None
+        while len(self._pending) > IN_FLIGHT or (
+            len(self._pending) > 1 and _ready(self._pending[0][2])
+        ):
+            done = self._complete(*self._pending.popleft())
         return done
 
     def complete_pending(self) -> FrameResult | None:
-        """Wait for the in-flight frame's emotions, then smooth, account and publish it."""
-        if self._pending is None:
-            return None
-        frame, step, future, locate_ms, t1 = self._pending
-        self._pending = None
-        return self._complete(frame, step, future, locate_ms, t1)
+        """Wait for every in-flight frame's emotions, then smooth, account and publish them
+        in order; returns the last one."""
+        done = None
+        while self._pending:
+            done = self._complete(*self._pending.popleft())
+        return done
 
     def _complete(
         self, frame: Frame, step: Step, future: Future[Any] | None, locate_ms: float, t1: float

@@ -34,6 +34,15 @@ def plan_threads(detector: int = 0, emotion: int = 0, cores: int | None = None) 
     return ThreadPlan(n, detector or n, emotion or (1 if n < 8 else 2))
 
 
+def single_thread_opencv() -> None:
+    """OpenCV calls in the worker (flow, warps, resizes) are small and run on stream threads,
+    which already give the parallelism; OpenCV's own pool (a thread per core) only adds
+    hand-offs to threads that compete with the models for the same cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 #: glibc ``mallopt`` parameters.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3

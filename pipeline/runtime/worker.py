@@ -201,10 +201,11 @@ def load_parts(
     the worker's event log (``settings.delivery``, one folder per worker id)."""
     from pipeline.runtime.batcher import MicroBatcher
     from pipeline.runtime.detect_batcher import DetectBatcher
-    from pipeline.runtime.threads import plan_threads, tune_malloc
+    from pipeline.runtime.threads import plan_threads, single_thread_opencv, tune_malloc
     from pipeline.stages.detect import FaceDetector
 
     tune_malloc()
+    single_thread_opencv()
     threads = plan_threads(settings.detector.threads, settings.emotion.threads)
     logger.info(
         "threads on %d cores: detector %d, emotion %d",

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.core.enums import ColourOrder
-from pipeline.core.types import CropSpec, Faces
+from pipeline.core.types import CropSpec, Faces, Pixels
 
 #: ArcFace's 112x112 five-point template, the canonical face layout InsightFace aligns to.
 _TEMPLATE_112 = np.array(
@@ -47,49 +47,56 @@ def similarity(
     src: npt.NDArray[np.float32], dst: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
     """Least-squares similarity (rotation, uniform scale, translation) mapping src -> dst, 2x3."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s0, d0 = src - mu_s, dst - mu_d
-    cov = d0.T @ s0 / len(src)
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        d[1] = -1
-    rot = u @ np.diag(d) @ vt
-    var = (s0**2).sum() / len(src)
-    scale = (sig * d).sum() / max(var, 1e-12)
-    m = np.zeros((2, 3), np.float32)
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
+    return similarities(src[None], dst)[0]
+
+
+def similarities(
+    src: npt.NDArray[np.float32], dst: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """Least-squares similarities mapping each of ``src`` (n, k, 2) onto ``dst`` (k, 2), as
+    (n, 2, 3) matrices. In 2-D the Umeyama solution has a closed form: with centred points,
+    ``a = sum(s.d) / sum(|s|^2)`` and ``b = sum(s x d) / sum(|s|^2)`` give the matrix
+    ``[[a, -b], [b, a]]`` (a proper rotation times a scale), no SVD needed."""
+    s = src.astype(np.float64)
+    d = dst.astype(np.float64)[None]
+    mu_s, mu_d = s.mean(axis=1, keepdims=True), d.mean(axis=1, keepdims=True)
+    s0, d0 = s - mu_s, d - mu_d
+    var = np.maximum((s0**2).sum(axis=(1, 2)), 1e-12)
+    a = (s0 * d0).sum(axis=(1, 2)) / var
+    b = (s0[..., 0] * d0[..., 1] - s0[..., 1] * d0[..., 0]).sum(axis=1) / var
+    m = np.empty((len(s), 2, 3), np.float64)
+    m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = a, -b, b, a
+    m[:, :, 2] = mu_d[:, 0] - np.einsum("nij,nj->ni", m[:, :, :2], mu_s[:, 0])
+    return m.astype(np.float32)
 
 
 def align_faces(
-    image_bgr: npt.NDArray[np.uint8],
+    image: Pixels | npt.NDArray[np.uint8],
     faces: Faces,
     crop: CropSpec | int = 64,
     margin: float = 0.15,
 ) -> npt.NDArray[np.uint8]:
     """Aligned crops for every face, in order, as ``crop`` says: uint8 (n, H, W) gray, or
     (n, H, W, 3) in RGB or BGR order. An int ``crop`` is a square gray crop of that side.
+    ``image`` is the frame's ``Pixels`` (gray crops then never need its BGR) or a BGR array.
 
-    One warp per face: gray warps the gray frame; colour warps the BGR frame and reorders the
+    One warp per face: gray warps the frame's luma (then stretched to full range); colour warps the BGR frame and reorders the
     small crop's channels when RGB is wanted."""
     spec = CropSpec(crop, crop) if isinstance(crop, int) else crop
     out = np.zeros(spec.shape(len(faces)), np.uint8)
     if len(faces) == 0:
         return out
-    src = (
-        cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
-        if spec.colour is ColourOrder.GRAY
-        else image_bgr
-    )
-    dst = template((spec.height, spec.width), margin)
+    px = image if isinstance(image, Pixels) else Pixels.of_bgr(image)
+    gray = spec.colour is ColourOrder.GRAY
+    src = px.luma() if gray else px.bgr()
     dsize = (spec.width, spec.height)
+    mats = similarities(faces.kps, template((spec.height, spec.width), margin))
     for i in range(len(faces)):
-        m = similarity(faces.kps[i].astype(np.float32), dst)
         out[i] = cv2.warpAffine(
-            src, m, dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            src, mats[i], dsize, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
+    if gray:
+        return px.stretch(out)  # limited-range luma: stretch the small crops, not the frame
     if spec.colour is ColourOrder.RGB:
         out = np.ascontiguousarray(out[..., ::-1])
     return out

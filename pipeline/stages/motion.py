@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.core.config import IntervalMode, IntervalSettings
-from pipeline.core.types import Faces
+from pipeline.core.types import Faces, Image, Pixels
 from pipeline.stages.track import Tracker
 
 logger = logging.getLogger(__name__)
@@ -75,13 +75,13 @@ def face_points(faces: Faces) -> npt.NDArray[np.float32]:
     return np.concatenate([faces.kps, tl + _GRID[None] * wh], axis=1).astype(np.float32)
 
 
-def flow_image(image: npt.NDArray[np.uint8]) -> Gray:
-    """The half-resolution gray image flow runs on (OpenCV 5's Python LK takes images, not
-    prebuilt pyramids, so the pyramid is rebuilt per call: cheap at half resolution)."""
-    h, w = image.shape[:2]
+def flow_image(gray: Gray) -> Gray:
+    """The half-resolution gray image flow runs on, from the frame's full-resolution luma
+    (OpenCV 5's Python LK takes images, not prebuilt pyramids, so the pyramid is rebuilt per
+    call: cheap at half resolution)."""
+    h, w = gray.shape[:2]
     size = (max(int(w * _FLOW_SCALE), 1), max(int(h * _FLOW_SCALE), 1))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return np.asarray(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), np.uint8)
+    return np.asarray(cv2.resize(gray, size, interpolation=cv2.INTER_AREA), np.uint8)
 
 
 def carry_faces(
@@ -100,24 +100,16 @@ def carry_faces(
     fb = np.linalg.norm((p0b - p0).reshape(n, k, 2), axis=2) / _FLOW_SCALE
     good = (st1.reshape(n, k) == 1) & (st2.reshape(n, k) == 1) & (fb < settings.max_fb_error_px)
     new = p1.reshape(n, k, 2) / _FLOW_SCALE
-    w, h = size
-    keep, boxes, kps, uncertain = [], [], [], False
-    for i in range(n):
-        g = good[i]
-        if int(g.sum()) < settings.min_points:
-            continue
-        box, kp = _move(pts[i], new[i], g, faces.xyxy[i], faces.kps[i])
-        if _inside(box, w, h) < _MIN_INSIDE:
-            continue
-        keep.append(i)
-        boxes.append(box)
-        kps.append(kp)
-        uncertain |= bool(g.mean() < 0.6 or faces.score[i] < settings.uncertain_score)
-    idx = np.asarray(keep, np.int64)
-    lost = tuple(int(t) for t in np.delete(faces.track_id, idx))
-    if not keep:
+    enough = good.sum(axis=1) >= settings.min_points
+    boxes, kps = _move(pts, new, good, faces.xyxy, faces.kps)
+    keep = enough & (_inside(boxes, *size) >= _MIN_INSIDE)
+    uncertain = bool(
+        ((good.mean(axis=1) < 0.6) | (faces.score < settings.uncertain_score))[keep].any()
+    )
+    lost = tuple(int(t) for t in faces.track_id[~keep])
+    if not keep.any():
         return Carried(Faces.empty(), lost, uncertain)
-    out = Faces.create(np.stack(boxes), faces.score[idx], np.stack(kps), faces.track_id[idx])
+    out = Faces.create(boxes[keep], faces.score[keep], kps[keep], faces.track_id[keep])
     return Carried(out, lost, uncertain)
 
 
@@ -125,30 +117,49 @@ def _move(
     src: npt.NDArray[np.float32],
     dst: npt.NDArray[np.float32],
     good: npt.NDArray[np.bool_],
-    box: npt.NDArray[np.float32],
+    boxes: npt.NDArray[np.float32],
     kps: npt.NDArray[np.float32],
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-    """Translation + scale voted by the good points (medians), applied to box and landmarks."""
-    s, d = src[good], dst[good]
-    cs, cd = np.median(s, axis=0), np.median(d, axis=0)
-    ds = np.linalg.norm(s - cs, axis=1)
-    dd = np.linalg.norm(d - cd, axis=1)
-    valid = ds > 1.0
-    scale = float(np.median(dd[valid] / ds[valid])) if valid.sum() >= 2 else 1.0
-    scale = float(np.clip(scale, 0.8, 1.25))
-    corners = box.reshape(2, 2)
-    new_box = ((corners - cs) * scale + cd).reshape(4)
+    """Per face, the translation + scale voted by its good points (medians), applied to its
+    box and landmarks; landmarks whose own point survived take their tracked position.
+    Vectorised over faces: points that are not good are NaN and left out of the medians (a
+    face without good points keeps its box; the caller drops it)."""
+    s = np.where(good[..., None], src, np.nan)
+    d = np.where(good[..., None], dst, np.nan)
+    cs = np.stack([row_median(s[..., 0]), row_median(s[..., 1])], axis=1)  # (n, 2)
+    cd = np.stack([row_median(d[..., 0]), row_median(d[..., 1])], axis=1)
+    ds = np.linalg.norm(s - cs[:, None], axis=2)
+    dd = np.linalg.norm(d - cd[:, None], axis=2)
+    valid = np.nan_to_num(ds, nan=0.0) > 1.0
+    scale = row_median(np.where(valid, dd / np.where(valid, ds, 1.0), np.nan))
+    scale = np.where(valid.sum(axis=1) >= 2, scale, 1.0)
+    scale = np.clip(np.nan_to_num(scale, nan=1.0), 0.8, 1.25)[:, None, None]
+    cs, cd = np.nan_to_num(cs)[:, None], np.nan_to_num(cd)[:, None]
+    new_boxes = ((boxes.reshape(-1, 2, 2) - cs) * scale + cd).reshape(-1, 4)
     new_kps = (kps - cs) * scale + cd
-    tracked = good[:5]
-    new_kps[tracked] = dst[:5][tracked]
-    return new_box.astype(np.float32), new_kps.astype(np.float32)
+    tracked = good[:, :5]
+    new_kps[tracked] = dst[:, :5][tracked]
+    return new_boxes.astype(np.float32), new_kps.astype(np.float32)
 
 
-def _inside(box: npt.NDArray[np.float32], w: int, h: int) -> float:
-    area = max(float((box[2] - box[0]) * (box[3] - box[1])), 1e-6)
-    iw = max(0.0, min(float(box[2]), w) - max(float(box[0]), 0.0))
-    ih = max(0.0, min(float(box[3]), h) - max(float(box[1]), 0.0))
-    return iw * ih / area
+def row_median(a: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Median of each row of ``a`` (n, k) ignoring NaN; NaN for a row with no number
+    (``np.nanmedian`` without its per-call overhead and all-NaN warnings)."""
+    srt = np.sort(a.astype(np.float64), axis=1)  # NaN sorts last
+    count = (~np.isnan(srt)).sum(axis=1)
+    rows = np.arange(len(a))
+    lo = srt[rows, np.maximum(count - 1, 0) // 2]
+    hi = srt[rows, np.maximum(count, 1) // 2]
+    return np.where(count > 0, (lo + hi) / 2.0, np.nan)
+
+
+def _inside(boxes: npt.NDArray[np.float32], w: int, h: int) -> npt.NDArray[np.float64]:
+    """Share of each (n, 4) box inside a w x h frame."""
+    b = boxes.astype(np.float64)
+    area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1e-6)
+    iw = np.clip(np.minimum(b[:, 2], w) - np.maximum(b[:, 0], 0.0), 0.0, None)
+    ih = np.clip(np.minimum(b[:, 3], h) - np.maximum(b[:, 1], 0.0), 0.0, None)
+    return np.asarray(iw * ih / area, np.float64)
 
 
 class IntervalTracker:
@@ -166,16 +177,17 @@ class IntervalTracker:
         self.detections = 0
         self.carried = 0
 
-    def step(
-        self, image: npt.NDArray[np.uint8], detect: Callable[[npt.NDArray[np.uint8]], Faces]
-    ) -> Step:
-        """Faces of this frame, from ``detect`` or carried by flow (see module docstring)."""
+    def step(self, picture: Pixels | Image, detect: Callable[[Image], Faces]) -> Step:
+        """Faces of this frame (``Pixels``, or a BGR image), from ``detect`` (given the BGR
+        image) or carried by flow on its gray (see module docstring)."""
         t0 = time.perf_counter()
-        gray = flow_image(image)
-        reason = self._due(gray, image.shape)
+        px = picture if isinstance(picture, Pixels) else Pixels.of_bgr(picture)
+        gray = flow_image(px.luma())  # the range does not matter to flow
+        shape = (px.height, px.width)
+        reason = self._due(gray, shape)
         if reason:
             t1 = time.perf_counter()
-            faces, ended = self.tracker.update(detect(image))
+            faces, ended = self.tracker.update(detect(px.bgr()))
             detect_ms, flow_ms = (time.perf_counter() - t1) * 1000, (t1 - t0) * 1000
             detected = np.ones(len(faces), np.bool_)
             # auto: keep detecting while a track is lost (hidden behind another face, say),
@@ -184,7 +196,7 @@ class IntervalTracker:
             self.detections += 1
         else:
             assert self._prev is not None
-            size = (image.shape[1], image.shape[0])
+            size = (px.width, px.height)
             carried = carry_faces(self._prev, gray, self._prev_faces, self._s, size)
             faces = carried.faces
             ended = self.tracker.carry(faces.track_id, faces.xyxy)
@@ -193,7 +205,7 @@ class IntervalTracker:
             self._since += 1
             self._want = "lost" if carried.lost else "uncertain" if carried.uncertain else ""
             self.carried += 1
-        self._prev, self._prev_shape, self._prev_faces = gray, image.shape, faces
+        self._prev, self._prev_shape, self._prev_faces = gray, shape, faces
         return Step(faces, detected, tuple(ended), detect_ms, flow_ms, reason)
 
     def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
