@@ -44,6 +44,8 @@ _LK = {
 _FLOW_SCALE = 0.5
 _SMALL = 4  # scene-change check at 1/4 of the flow image (1/8 of the frame)
 _MIN_INSIDE = 0.5  # a carried box less than half inside the frame is lost
+_IN_VIEW = 0.75  # a lost track predicted at least this much inside the frame is looked for
+_LOST_EVERY = 2  # ... on every other frame while it stays lost (hidden behind another face, say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +194,7 @@ class IntervalTracker:
             detected = np.ones(len(faces), np.bool_)
             # auto: keep detecting while a track is lost (hidden behind another face, say),
             # so it is found again near where it vanished instead of as a new id later
-            self._since, self._want = 0, "lost" if self.tracker.has_lost else ""
+            self._since, self._want = 0, "lost" if self._lost_in_view(shape) else ""
             self.detections += 1
         else:
             assert self._prev is not None
@@ -203,10 +205,20 @@ class IntervalTracker:
             detect_ms, flow_ms = 0.0, (time.perf_counter() - t0) * 1000
             detected = np.zeros(len(faces), np.bool_)
             self._since += 1
-            self._want = "lost" if carried.lost else "uncertain" if carried.uncertain else ""
+            lost = self._lost_in_view(shape)
+            self._want = "lost" if lost else "uncertain" if carried.uncertain else ""
             self.carried += 1
         self._prev, self._prev_shape, self._prev_faces = gray, shape, faces
         return Step(faces, detected, tuple(ended), detect_ms, flow_ms, reason)
+
+    def _lost_in_view(self, shape: tuple[int, int]) -> bool:
+        """A lost track is predicted to be (mostly) inside the frame: hidden or missed, so
+        worth detecting again at once. A face that left the frame does not ask for the
+        detector (it would run on every frame until the track ends)."""
+        boxes = self.tracker.lost_boxes()
+        if not len(boxes):
+            return False
+        return bool((_inside(boxes, shape[1], shape[0]) >= _IN_VIEW).any())
 
     def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
         """Why the detector runs on this frame ("" when it does not)."""
@@ -218,7 +230,9 @@ class IntervalTracker:
         first = self._prev is None or self._prev_shape != shape
         reason = "first" if first else "interval" if self._since + 1 >= self._s.every else ""
         if not reason and self._s.mode == IntervalMode.AUTO:
-            if self._want:
+            if self._want == "lost" and self._since + 1 < _LOST_EVERY:
+                pass  # looked for on the last frames already: not again on every frame
+            elif self._want:
                 reason = self._want
             elif self._ref_small is not None and self._scene_changed(small, self._ref_small):
                 reason = "scene"

@@ -102,6 +102,11 @@ class Tracker:
         """A live track missed its last frame (occluded, or flow lost it) and has not ended."""
         return any(t.misses > 0 for t in self._tracks)
 
+    def lost_boxes(self) -> npt.NDArray[np.float32]:
+        """(n, 4) boxes where the lost live tracks are predicted on the next frame."""
+        lost = [t.predicted() for t in self._tracks if t.misses > 0]
+        return np.asarray(lost, np.float32).reshape(-1, 4)
+
     def update(self, faces: Faces) -> tuple[Faces, list[int]]:
         """Return the faces with track ids (faces below ``low_threshold`` dropped) and the ids
         of tracks that ended on this frame."""
