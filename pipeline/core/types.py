@@ -41,7 +41,17 @@ class Pixels:
     is gray) is never colour-converted: about 2 ms per 720p frame saved.
     """
 
-    __slots__ = ("_bgr", "_gray", "_lock", "_luma", "_to_bgr", "_to_luma", "height", "limited", "width")
+    __slots__ = (
+        "_bgr",
+        "_gray",
+        "_lock",
+        "_luma",
+        "_to_bgr",
+        "_to_luma",
+        "height",
+        "limited",
+        "width",
+    )
 
     def __init__(
         self,
@@ -65,7 +75,9 @@ class Pixels:
     def of_bgr(cls, image: Image) -> Pixels:
         """An already converted HxWx3 uint8 BGR image."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"a frame image must be HxWx3 uint8 BGR, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"a frame image must be HxWx3 uint8 BGR, got {image.shape} {image.dtype}"
+            )
         px = cls(image.shape[1], image.shape[0], lambda: image)
         px._bgr = image
         return px
@@ -111,14 +123,16 @@ class Pixels:
     def _checked(self, image: Image, channels: int) -> Image:
         want = (self.height, self.width, channels) if channels else (self.height, self.width)
         if image.shape != want or image.dtype != np.uint8:
-            raise ValueError(f"decoded picture is {image.shape} {image.dtype}, expected {want} uint8")
+            raise ValueError(
+                f"decoded picture is {image.shape} {image.dtype}, expected {want} uint8"
+            )
         return image
 
 
 #: Limited-range (MPEG) luma 16..235 to full-range gray 0..255, saturated.
-_LIMITED_TO_FULL: Image = np.clip(
-    np.round((np.arange(256) - 16.0) * 255.0 / 219.0), 0, 255
-).astype(np.uint8)
+_LIMITED_TO_FULL: Image = np.clip(np.round((np.arange(256) - 16.0) * 255.0 / 219.0), 0, 255).astype(
+    np.uint8
+)
 
 
 @dataclass(frozen=True, slots=True)

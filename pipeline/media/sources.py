@@ -12,6 +12,7 @@ never stops the others.
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import os
 import queue
@@ -248,6 +249,12 @@ class VideoSource:
             return self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
+
+    def peek(self, n: int) -> list[Frame]:
+        """Up to ``n`` queued frames, oldest first, left in the queue (the drop policy still
+        applies to them): a stream looks ahead at them without holding frames back."""
+        with self._queue.mutex:
+            return list(itertools.islice(self._queue.queue, n))
 
     @property
     def ended(self) -> bool:

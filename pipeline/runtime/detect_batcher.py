@@ -1,6 +1,9 @@
 """Cross-stream batching of detector calls (the emotion micro-batcher's idea, for frames).
 
-Stream threads call ``detect(image)`` and block for their faces. One owner thread takes the
+Stream threads call ``detect(image)`` and block for their faces, or ``submit(picture)`` and
+collect them later (a stream looking ahead submits a frame it will reach in a few frames, so
+the detector runs while the stream thread tracks the frames before it). One owner thread
+takes the
 oldest frame, waits at most ``max_wait_ms`` (from that frame's submission) for frames of
 other streams due for detection at the same moment, up to ``max_batch``, and runs them
 through one ``FaceDetector.detect_batch`` call (one ONNX Runtime run per detector canvas).
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.core.types import Faces
+from pipeline.core.types import Faces, Pixels
 from pipeline.stages.detect import FaceDetector
 
 logger = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ _STOP = object()
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    image: npt.NDArray[np.uint8]
+    picture: Pixels | npt.NDArray[np.uint8]  # converted to BGR on the batcher's thread
     future: Future[Faces]
     submitted: float
     thread: int
@@ -75,6 +78,12 @@ class DetectBatcher:
         """Faces of ``image``, detected together with other streams' frames due now."""
         if self.max_batch == 1:
             return self.detector.detect(image)
+        return self.submit(image).result()
+
+    def submit(self, picture: Pixels | npt.NDArray[np.uint8]) -> Future[Faces]:
+        """Queue a frame (``Pixels`` or a BGR image) for detection; its faces arrive in the
+        future. Without batching (``max_batch`` 1) it still runs on the owner thread, so the
+        caller can go on meanwhile."""
         self.start()
         fut: Future[Faces] = Future()
         now = time.monotonic()
@@ -83,8 +92,8 @@ class DetectBatcher:
             if self._closed:
                 raise RuntimeError("DetectBatcher is closed")
             self._submitters[tid] = now
-        self._q.put(_Item(image, fut, now, tid))
-        return fut.result()
+        self._q.put(_Item(picture, fut, now, tid))
+        return fut
 
     def close(self, timeout: float | None = None) -> None:
         with self._lock:
@@ -144,7 +153,8 @@ class DetectBatcher:
     def _run(self, batch: list[_Item]) -> None:
         t0 = time.perf_counter()
         try:
-            results = self.detector.detect_batch([it.image for it in batch])
+            images = [p.bgr() if isinstance(p, Pixels) else p for p in (i.picture for i in batch)]
+            results = self.detector.detect_batch(images)
         except Exception as exc:
             logger.warning("face detector failed on a batch of %d frames: %s", len(batch), exc)
             for it in batch:

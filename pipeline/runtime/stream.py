@@ -16,7 +16,16 @@ import numpy as np
 
 from pipeline.core import events as ev
 from pipeline.core.config import IntervalSettings, TrackerSettings
-from pipeline.core.types import EMOTIONS, CropSpec, Emotions, Frame, FrameResult, TrackSummary
+from pipeline.core.types import (
+    EMOTIONS,
+    CropSpec,
+    Emotions,
+    Faces,
+    Frame,
+    FrameResult,
+    Pixels,
+    TrackSummary,
+)
 from pipeline.runtime.stats import StreamStats
 from pipeline.stages.align import align_faces
 from pipeline.stages.motion import IntervalTracker, Step
@@ -36,6 +45,10 @@ logger = logging.getLogger(__name__)
 #: t, the stream thread tracks and aligns t+1 and t+2 instead of waiting (events still leave
 #: in frame order).
 IN_FLIGHT = 2
+#: Queued frames a stream looks at ahead of the one it works on (peeked, not taken: nothing is
+#: held back or waited for): the one the detection interval falls on is sent to the detector
+#: at once, so detection runs while this thread tracks the frames before it.
+LOOK_AHEAD = 8
 
 
 @dataclass
@@ -66,6 +79,9 @@ class StreamParts:
     #: detect call; None calls ``detector.detect`` directly.
     interval: IntervalSettings = field(default_factory=lambda: IntervalSettings(every=1))
     detect: Callable[[Any], Any] | None = None
+    #: Asks the detector for a frame's faces without waiting (``DetectBatcher.submit``);
+    #: None: no look-ahead, every detection waits.
+    detect_ahead: Callable[[Pixels], Future[Faces]] | None = None
     detect_stats: Callable[[], dict[str, Any]] = dict
     #: Best-face JPEG thumbnails on track_end events (``--track-thumbnails``).
     thumbnails: bool = False
@@ -96,6 +112,7 @@ class StreamRunner:
         self._tracker = Tracker(parts.tracker)
         self._interval = IntervalTracker(parts.interval, self._tracker)
         self._pending: deque[tuple[Frame, Step, Future[Any] | None, float, float]] = deque()
+        self._early: dict[int, Future[Faces]] = {}  # frame_num -> detection asked ahead
         self._smoother = EmaSmoother(parts.smoothing_alpha)
         self._tracks: dict[int, TrackSummary] = {}
         self._best = BestFaces() if parts.thumbnails else None
@@ -157,6 +174,7 @@ class StreamRunner:
         """Drop what a stopped stream holds (its last frame, tracker state); counters stay."""
         self._last_frame = None
         self._pending.clear()
+        self._early.clear()
         self._tracker = Tracker(self._p.tracker)
         self._interval = IntervalTracker(self._p.interval, self._tracker)
         self._smoother = EmaSmoother(self._p.smoothing_alpha)
@@ -172,6 +190,7 @@ class StreamRunner:
                     break
                 continue
             self.process(frame)
+            self._look_ahead()
         self.complete_pending()
         if self.source.error is not None and self.error is None:
             self.error = str(self.source.error)
@@ -187,7 +206,12 @@ class StreamRunner:
             self.complete_pending()  # the old capture's last frames, before its tracks end
             self._new_capture(frame.epoch)
         t0 = time.perf_counter()
-        step = self._interval.step(frame.picture, self._p.detect or self._p.detector.detect)
+        early = self._early.pop(frame.frame_num, None)
+        step = self._interval.step(
+            frame.picture,
+            self._p.detect or self._p.detector.detect,
+            early.result if early is not None else None,
+        )
         t1 = time.perf_counter()
         future: Future[Any] | None = None
         if len(step.faces):
@@ -202,6 +226,23 @@ class StreamRunner:
         ):
             done = self._complete(*self._pending.popleft())
         return done
+
+    def _look_ahead(self) -> None:
+        """Send the queued frame the detection interval falls on (if it is queued already) to
+        the detector now; ``process`` collects its faces when it gets there."""
+        if self._p.detect_ahead is None:
+            return
+        due = self._interval.due_in()
+        if due is None or due >= LOOK_AHEAD:
+            return
+        ahead = self.source.peek(due + 1)
+        if len(ahead) <= due:
+            return
+        frame = ahead[due]
+        if frame.epoch == self._epoch and frame.frame_num not in self._early:
+            if len(self._early) >= LOOK_AHEAD:  # frames dropped before they were reached
+                self._early.clear()
+            self._early[frame.frame_num] = self._p.detect_ahead(frame.picture)
 
     def complete_pending(self) -> FrameResult | None:
         """Wait for every in-flight frame's emotions, then smooth, account and publish them
@@ -238,6 +279,7 @@ class StreamRunner:
         if ended:
             self._p.publisher.put(ev.records(self._track_end_events(ended)), None)
         self._epoch = epoch
+        self._early.clear()
 
     def _account(self, result: FrameResult, detect_ms: float, infer_ms: float) -> None:
         c = self.counters

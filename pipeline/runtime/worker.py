@@ -241,6 +241,7 @@ def load_parts(
         engine_close=close,
         interval=settings.interval,
         detect=detect_batcher.detect,
+        detect_ahead=detect_batcher.submit,
         detect_stats=detect_batcher.stats,
         thumbnails=settings.track_thumbnails,
     )

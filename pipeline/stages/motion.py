@@ -179,17 +179,25 @@ class IntervalTracker:
         self.detections = 0
         self.carried = 0
 
-    def step(self, picture: Pixels | Image, detect: Callable[[Image], Faces]) -> Step:
+    def step(
+        self,
+        picture: Pixels | Image,
+        detect: Callable[[Image], Faces],
+        ahead: Callable[[], Faces] | None = None,
+    ) -> Step:
         """Faces of this frame (``Pixels``, or a BGR image), from ``detect`` (given the BGR
-        image) or carried by flow on its gray (see module docstring)."""
+        image) or carried by flow on its gray (see module docstring). ``ahead`` gives the
+        detector's faces for this frame when they were asked for ahead of time (a frame
+        ``due_in`` said is due): the frame is then a detection frame."""
         t0 = time.perf_counter()
         px = picture if isinstance(picture, Pixels) else Pixels.of_bgr(picture)
         gray = flow_image(px.luma())  # the range does not matter to flow
         shape = (px.height, px.width)
-        reason = self._due(gray, shape)
+        reason = self._due(gray, shape, ahead=ahead is not None)
         if reason:
             t1 = time.perf_counter()
-            faces, ended = self.tracker.update(detect(px.bgr()))
+            found = ahead() if ahead is not None else detect(px.bgr())
+            faces, ended = self.tracker.update(found)
             detect_ms, flow_ms = (time.perf_counter() - t1) * 1000, (t1 - t0) * 1000
             detected = np.ones(len(faces), np.bool_)
             # auto: keep detecting while a track is lost (hidden behind another face, say),
@@ -220,15 +228,24 @@ class IntervalTracker:
             return False
         return bool((_inside(boxes, shape[1], shape[0]) >= _IN_VIEW).any())
 
-    def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
-        """Why the detector runs on this frame ("" when it does not)."""
+    def due_in(self) -> int | None:
+        """How many processed frames after the next one the interval detection falls on (0:
+        the next frame), if no other detection comes first; None before the first frame."""
+        if self._prev is None:
+            return None
+        return max(self._s.every - self._since - 1, 0)
+
+    def _due(self, gray: Gray, shape: tuple[int, ...], ahead: bool = False) -> str:
+        """Why the detector runs on this frame ("" when it does not); ``ahead``: its faces
+        were asked for ahead of time, so it is a detection frame whatever else holds."""
         small = cv2.resize(
             gray,
             (max(gray.shape[1] // _SMALL, 1), max(gray.shape[0] // _SMALL, 1)),
             interpolation=cv2.INTER_AREA,
         ).astype(np.float32)
         first = self._prev is None or self._prev_shape != shape
-        reason = "first" if first else "interval" if self._since + 1 >= self._s.every else ""
+        interval = ahead or self._since + 1 >= self._s.every
+        reason = "first" if first else "interval" if interval else ""
         if not reason and self._s.mode == IntervalMode.AUTO:
             if self._want == "lost" and self._since + 1 < _LOST_EVERY:
                 pass  # looked for on the last frames already: not again on every frame
