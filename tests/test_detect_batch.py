@@ -169,3 +169,23 @@ def test_detect_batcher_joins_frames_of_concurrent_streams() -> None:
     batcher.close()
     assert results == {0: 0, 1: 1, 2: 2, 3: 3}, "each stream gets its own frame's result"
     assert sum(fake.calls) == 4 and max(fake.calls) >= 2, f"frames were not batched: {fake.calls}"
+
+
+def test_detect_batcher_submit_returns_at_once_and_converts_pixels_on_its_thread() -> None:
+    import threading
+
+    from pipeline.core.types import Pixels
+    from pipeline.runtime.detect_batcher import DetectBatcher
+
+    fake = _CountingDetector()
+    batcher = DetectBatcher(fake, max_batch=4, max_wait_ms=1)  # type: ignore[arg-type]
+    converted_on: list[str] = []
+
+    def to_bgr() -> npt.NDArray[np.uint8]:
+        converted_on.append(threading.current_thread().name)
+        return np.full((8, 8, 3), 9, np.uint8)
+
+    fut = batcher.submit(Pixels(8, 8, to_bgr))
+    assert fut.result(timeout=5) == 9
+    batcher.close()
+    assert converted_on == ["detect-batcher"]  # not on the submitting stream thread

@@ -108,6 +108,8 @@ def test_doctor_tensorrt_without_driver_says_install_driver() -> None:
     rows = by_name(backends(sw(trt="10.8", pycuda=True), NO_DRIVER, (False, "x")))
     assert not rows["tensorrt"].usable and rows["tensorrt"].fix == DRIVER_FIX
     assert "no NVIDIA driver" in rows["decode-nvdec"].reason
+    same = by_name(backends(sw(), NO_DRIVER, (False, NO_DRIVER.reason)))
+    assert same["decode-nvdec"].reason == NO_DRIVER.reason  # said once, not twice
 
 
 def test_doctor_full_gpu_machine_is_all_usable() -> None:

@@ -45,8 +45,11 @@ class Scene:
     def image(self, i: int) -> npt.NDArray[np.uint8]:
         self.frame = i
         img = self.bg.copy()
-        for x, y in self.places.get(i, []):
-            img[y : y + FACE, x : x + FACE] = self.patch
+        for x, y in self.places.get(i, []):  # clipped at the frame's edges
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + FACE, SIZE[0]), min(y + FACE, SIZE[1])
+            if x1 > x0 and y1 > y0:
+                img[y0:y1, x0:x1] = self.patch[y0 - y : y1 - y, x0 - x : x1 - x]
         return img
 
     def boxes(self, i: int) -> npt.NDArray[np.float32]:
@@ -136,3 +139,56 @@ def test_interval_tracker_ends_track_that_flow_loses(face_patch: npt.NDArray[np.
     assert steps[4].reason == "lost", "auto mode detects on the frame after flow lost a track"
     assert ended == [1]
     assert all(len(s.faces) == 0 for s in steps[3:])
+
+
+def test_interval_tracker_face_leaving_frame_does_not_keep_detector_running(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    # slides out of the right edge by frame 5, then stays gone
+    scene.places = {i: [(SIZE[0] - FACE - 10 + 30 * i, 100)] for i in range(5)}
+    it = _tracker(every=30, mode=IntervalMode.AUTO, max_age=12)
+    reasons = [it.step(scene.image(i), scene.detect).reason for i in range(14)]
+    # one look after flow lost it (the frame it left), then not on every frame until it ends
+    assert reasons.count("lost") <= 1, reasons
+
+
+def test_interval_tracker_hidden_face_looked_for_every_other_frame(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    # visible for 3 frames, hidden (mid-frame) for 6, back at the same place
+    scene.places = {i: [(150, 100)] for i in list(range(3)) + list(range(9, 14))}
+    it = _tracker(every=30, mode=IntervalMode.AUTO, max_age=12)
+    steps = [it.step(scene.image(i), scene.detect) for i in range(14)]
+    lost = [i for i, s in enumerate(steps) if s.reason == "lost"]
+    assert lost and all(b - a == 2 for a, b in zip(lost, lost[1:], strict=False)), lost
+    back = [i for i, s in enumerate(steps) if i >= 9 and len(s.faces)]
+    assert back and back[0] <= 10  # found again within a frame of its return
+    assert {int(t) for s in steps for t in s.faces.track_id} == {1}  # same id
+
+
+def test_interval_tracker_detection_asked_ahead_makes_a_detection_frame(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(60 + 4 * i, 80)] for i in range(8)}
+    it = _tracker(every=4)
+    assert it.due_in() is None  # nothing processed yet: the first frame detects anyway
+    dues, reasons, waited = [], [], []
+
+    def detect_now(img: npt.NDArray[np.uint8]) -> Faces:
+        waited.append(scene.frame)
+        return scene.detect(img)
+
+    for i in range(8):
+        dues.append(it.due_in())
+        image = scene.image(i)
+        # the runner asks ahead for the frame due_in() pointed at (here: the next one)
+        ahead = (lambda img=image: scene.detect(img)) if dues[-1] == 0 else None
+        step = it.step(image, detect_now, ahead)
+        reasons.append(step.reason)
+        assert step.detected.tolist() == [bool(step.reason)] * len(step.faces)
+    assert dues == [None, 3, 2, 1, 0, 3, 2, 1]
+    assert reasons == ["first", "", "", "", "interval", "", "", ""]
+    assert waited == [0] and scene.calls == [0, 4]

@@ -232,6 +232,18 @@ def test_source_block_policy_loses_nothing() -> None:
     assert src.stats().dropped == 0
 
 
+def test_source_peek_shows_queued_frames_without_taking_them() -> None:
+    src = FakeLiveSource(SourceSettings(queue_size=4, drop_policy=DropPolicy.BLOCK), n=6)
+    src.start()
+    deadline = time.monotonic() + 5
+    while len(src.peek(8)) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [f.frame_num for f in src.peek(8)] == [0, 1, 2, 3]  # the queue is full
+    assert [f.frame_num for f in src.peek(2)] == [0, 1]
+    assert src.get(timeout=1).frame_num == 0  # peeked frames are still there, in order
+    assert slow_consume(src, 0.0) == [1, 2, 3, 4, 5]
+
+
 def test_source_stop_never_hangs_on_full_queue(sample_clip: Path) -> None:
     src = VideoSource(parse_source(str(sample_clip)), SourceSettings(queue_size=1))
     src.start()

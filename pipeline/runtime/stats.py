@@ -40,6 +40,8 @@ class StreamStats:
     #: mean optical-flow time per processed frame (ms) and frames the detector ran on
     flow_ms_mean: float = 0.0
     detected_frames: int = 0
+    #: detection frames whose faces were asked for ahead (look-ahead), not waited for
+    detected_ahead: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -61,6 +61,7 @@ class StreamCounters:
     detect_ms: float = 0.0
     flow_ms: float = 0.0
     detected_frames: int = 0
+    detected_ahead: int = 0
     labels: Counter[str] = field(default_factory=Counter)
 
 
@@ -207,6 +208,7 @@ class StreamRunner:
             self._new_capture(frame.epoch)
         t0 = time.perf_counter()
         early = self._early.pop(frame.frame_num, None)
+        self.counters.detected_ahead += early is not None
         step = self._interval.step(
             frame.picture,
             self._p.detect or self._p.detector.detect,
@@ -353,4 +355,5 @@ class StreamRunner:
             error=self.error,
             flow_ms_mean=c.flow_ms / max(c.processed, 1),
             detected_frames=c.detected_frames,
+            detected_ahead=c.detected_ahead,
         )

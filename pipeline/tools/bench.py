@@ -275,13 +275,14 @@ def stage_split(streams: list[StreamStats], frames: int) -> dict[str, float]:
     if not frames:
         return {}
     total = {k: 0.0 for k in ("locate", "flow", "classify")}
-    detected = 0
+    detected = ahead = 0
     for s in streams:
         n = s.processed
         total["locate"] += s.detect_ms_mean * n
         total["flow"] += s.flow_ms_mean * n
         total["classify"] += s.infer_ms_mean * n
         detected += s.detected_frames
+        ahead += s.detected_ahead
     return {
         "detect (frames it ran on, averaged over all)": round(
             (total["locate"] - total["flow"]) / frames, 2
@@ -289,6 +290,7 @@ def stage_split(streams: list[StreamStats], frames: int) -> dict[str, float]:
         "flow carry": round(total["flow"] / frames, 2),
         "align + classify (wait for the batcher)": round(total["classify"] / frames, 2),
         "detected_share": round(detected / frames, 3),
+        "detected_ahead_share": round(ahead / max(detected, 1), 3),
     }
 
 

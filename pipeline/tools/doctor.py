@@ -194,7 +194,9 @@ def backends(sw: dict[str, Any], driver: DriverProbe, nvdec: tuple[bool, str]) -
         Usable(
             "decode-nvdec",
             nvdec[0],
-            nvdec[1] if nvdec[0] or driver.ok else f"{driver.reason}; {nvdec[1]}",
+            nvdec[1]
+            if nvdec[0] or driver.ok or driver.reason in nvdec[1]
+            else f"{driver.reason}; {nvdec[1]}",
             ""
             if nvdec[0]
             else "an FFmpeg/PyAV build with CUDA hwaccel and an NVIDIA driver; --decode auto falls back to the CPU",
