@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import cv2
 import numpy as np
 import numpy.typing as npt
@@ -162,7 +164,7 @@ def test_interval_tracker_hidden_face_looked_for_every_other_frame(
     it = _tracker(every=30, mode=IntervalMode.AUTO, max_age=12)
     steps = [it.step(scene.image(i), scene.detect) for i in range(14)]
     lost = [i for i, s in enumerate(steps) if s.reason == "lost"]
-    assert lost and all(b - a == 2 for a, b in zip(lost, lost[1:], strict=False)), lost
+    assert lost and all(b - a == 2 for a, b in itertools.pairwise(lost)), lost
     back = [i for i, s in enumerate(steps) if i >= 9 and len(s.faces)]
     assert back and back[0] <= 10  # found again within a frame of its return
     assert {int(t) for s in steps for t in s.faces.track_id} == {1}  # same id
