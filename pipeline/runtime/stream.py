@@ -208,12 +208,12 @@ class StreamRunner:
             self._new_capture(frame.epoch)
         t0 = time.perf_counter()
         early = self._early.pop(frame.frame_num, None)
-        self.counters.detected_ahead += early is not None
         step = self._interval.step(
             frame.picture,
             self._p.detect or self._p.detector.detect,
             early.result if early is not None else None,
         )
+        self.counters.detected_ahead += bool(step.reason) and early is not None
         t1 = time.perf_counter()
         future: Future[Any] | None = None
         if len(step.faces):

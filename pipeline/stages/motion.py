@@ -187,13 +187,14 @@ class IntervalTracker:
     ) -> Step:
         """Faces of this frame (``Pixels``, or a BGR image), from ``detect`` (given the BGR
         image) or carried by flow on its gray (see module docstring). ``ahead`` gives the
-        detector's faces for this frame when they were asked for ahead of time (a frame
-        ``due_in`` said is due): the frame is then a detection frame."""
+        detector's faces for this frame when they were asked for ahead of time (the frame
+        ``due_in`` pointed at): used if the frame is due, so which frames are detector frames
+        never depends on timing (a detection that came first makes it go unused)."""
         t0 = time.perf_counter()
         px = picture if isinstance(picture, Pixels) else Pixels.of_bgr(picture)
         gray = flow_image(px.luma())  # the range does not matter to flow
         shape = (px.height, px.width)
-        reason = self._due(gray, shape, ahead=ahead is not None)
+        reason = self._due(gray, shape)
         if reason:
             t1 = time.perf_counter()
             found = ahead() if ahead is not None else detect(px.bgr())
@@ -229,22 +230,28 @@ class IntervalTracker:
         return bool((_inside(boxes, shape[1], shape[0]) >= _IN_VIEW).any())
 
     def due_in(self) -> int | None:
-        """How many processed frames after the next one the interval detection falls on (0:
-        the next frame), if no other detection comes first; None before the first frame."""
+        """How many processed frames after the next one the next detection falls on (0: the
+        next frame) as far as is known now: the interval, or in auto mode a lost face still
+        in view or an uncertain one; None before the first frame. A scene cut cannot be
+        foreseen."""
         if self._prev is None:
             return None
-        return max(self._s.every - self._since - 1, 0)
+        due = max(self._s.every - self._since - 1, 0)
+        if self._s.mode == IntervalMode.AUTO and self._want == "lost":
+            due = min(due, max(_LOST_EVERY - self._since - 1, 0))
+        elif self._s.mode == IntervalMode.AUTO and self._want:
+            due = 0
+        return due
 
-    def _due(self, gray: Gray, shape: tuple[int, ...], ahead: bool = False) -> str:
-        """Why the detector runs on this frame ("" when it does not); ``ahead``: its faces
-        were asked for ahead of time, so it is a detection frame whatever else holds."""
+    def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
+        """Why the detector runs on this frame ("" when it does not)."""
         small = cv2.resize(
             gray,
             (max(gray.shape[1] // _SMALL, 1), max(gray.shape[0] // _SMALL, 1)),
             interpolation=cv2.INTER_AREA,
         ).astype(np.float32)
         first = self._prev is None or self._prev_shape != shape
-        interval = ahead or self._since + 1 >= self._s.every
+        interval = self._since + 1 >= self._s.every
         reason = "first" if first else "interval" if interval else ""
         if not reason and self._s.mode == IntervalMode.AUTO:
             if self._want == "lost" and self._since + 1 < _LOST_EVERY:
