@@ -279,7 +279,28 @@ def test_bench_detections_are_asked_ahead_on_an_unpaced_file(
     assert rc == 0 and out["frames_processed"] == 60
     split = out["stages_ms_per_frame"]
     # every 10th frame is an interval detection; decoding runs ahead of an unpaced stream, so
-    # the interval frames (all but the first) were sent to the detector before they were due
+    # those were sent to the detector before they were due (the first frame and this panning
+    # clip's scene cuts cannot be foreseen: about 3 of 8 detections are interval ones)
     assert 0.08 <= split["detected_share"] <= 0.3
-    assert split["detected_ahead_share"] >= 0.5, split
+    assert split["detected_ahead_share"] >= 0.25, split
     assert out["faces"] >= 6 * 60 * 0.9  # every face in every frame still has an event
+
+
+def test_bench_streams_list_prints_the_scaling_curve(
+    sample_clip: Path, models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    argv = ["-q", "bench", "--models", str(models_dir), str(sample_clip), "--streams", "1,2"]
+    rc = main([*argv, "--max-frames", "8", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [(r["streams"], r["paced"]) for r in rows] == [
+        (1, False),
+        (2, False),
+        (1, True),
+        (2, True),
+    ]
+    for r in rows:
+        assert r["frames_per_s"] > 0 and r["faces_per_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["latency_ms_p99"] >= r["latency_ms_p50"] > 0

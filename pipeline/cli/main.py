@@ -63,6 +63,7 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.raw_argv = list(sys.argv[1:] if argv is None else argv)  # for commands that re-run
     setup_logging(args.verbose, args.quiet)
     try:
         rc = args.func(args)

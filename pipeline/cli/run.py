@@ -264,10 +264,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if len(counts) > 1:
         from pipeline.tools.bench import render_curve, run_curve
 
-        extra = [a for a in sys.argv[sys.argv.index("bench") + 2 :] if a != "--realtime"]
-        extra = _drop_option(extra, "--streams")
-        extra = [a for a in extra if a != "--json"]
-        rows = run_curve(args.source, counts, extra, (True,) if args.realtime else (False, True))
+        raw: list[str] = list(getattr(args, "raw_argv", sys.argv[1:]))
+        extra = raw[raw.index("bench") + 1 :]
+        extra.remove(args.source)
+        extra = [a for a in _drop_option(extra, "--streams") if a not in ("--json", "--realtime")]
+        paced = (True,) if settings.source.realtime else (False, True)
+        rows = run_curve(args.source, counts, extra, paced)
         print(json.dumps(rows) if args.json else render_curve(rows))
         return 0
     result = run_bench(
