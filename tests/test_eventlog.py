@@ -99,3 +99,57 @@ def test_eventlog_pending_age_grows(tmp_path: Path) -> None:
     time.sleep(0.05)
     assert log.pending("a")[1] >= 0.05
     log.close()
+
+
+def test_eventlog_forget_lets_the_log_trim_and_survives_reopen(tmp_path: Path) -> None:
+    log = EventLog(tmp_path)
+    log.attach("kafka:old")
+    log.attach("jsonl")
+    seqs = [log.append(_events(i)) for i in range(3)]
+    log.commit("jsonl", seqs[-1])
+    assert log.read(0, 10) and log.sinks() == ["jsonl", "kafka:old"]
+    assert log.forget("kafka:old") == 6  # its undelivered events
+    assert log.read(0, 10) == [] and log.size_bytes == 0  # nothing holds the rows any more
+    with pytest.raises(ConfigError, match=r"no sink 'nope' .*sinks: jsonl"):
+        log.forget("nope")
+    log.close()
+    again = EventLog(tmp_path)
+    assert "kafka:old" not in again.sinks()
+    again.close()
+
+
+def test_publisher_warns_about_a_sink_it_no_longer_has(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.runtime.publisher import Publisher
+    from pipeline.sinks.jsonl import JsonlSink
+
+    log = EventLog(tmp_path / "w0")
+    log.attach("redis")
+    log.append(_events(0))
+    with caplog.at_level("WARNING"):
+        pub = Publisher(log, [JsonlSink(tmp_path / "e.jsonl")])
+    text = caplog.text
+    assert "2 undelivered events" in text and "sink redis" in text
+    assert "eventlog forget redis --worker-id w0" in text
+    pub.close()
+    log.close()
+
+
+def test_cli_eventlog_list_and_forget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from pipeline.cli.main import main
+
+    log = open_log(tmp_path, "w7", DeliverySettings())
+    log.attach("kafka:events")
+    log.append(_events(0, 3))
+    log.close()
+    where = ["--log-dir", str(tmp_path), "--worker-id", "w7"]
+    assert main(["eventlog", "list", "--json", *where]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["sink"], s["pending"]) for s in listed["sinks"]] == [("kafka:events", 3)]
+    assert main(["eventlog", "forget", "kafka:events", *where]) == 0
+    assert "3 events not delivered" in capsys.readouterr().out
+    assert main(["eventlog", "forget", "kafka:events", *where]) == 2
+    assert "no sink 'kafka:events'" in capsys.readouterr().err

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "pipeline.cli.engines",  # engines build | bench | parity
     "pipeline.cli.doctor",  # doctor
     "pipeline.cli.soak",  # soak
+    "pipeline.cli.eventlog",  # eventlog list | forget
     "training.cli",  # train, evaluate, export
 )
 

@@ -226,6 +226,30 @@ class EventLog:
         with self._cond:
             return sink in self._cursors
 
+    def sinks(self) -> list[str]:
+        """Every sink with a cursor here (configured now or in an earlier run)."""
+        with self._cond:
+            return sorted(self._cursors)
+
+    def forget(self, sink: str) -> int:
+        """Drop ``sink``'s cursor, so it no longer keeps rows in the log; returns how many
+        events it had not acknowledged (they are not delivered to it)."""
+        with self._cond:
+            if sink not in self._cursors:
+                known = ", ".join(sorted(self._cursors)) or "none"
+                raise ConfigError(f"event log {self.folder} has no sink {sink!r} (sinks: {known})")
+            pos = self._cursors.pop(sink)
+            (n,) = self._db.execute(
+                "SELECT COALESCE(SUM(n), 0) FROM events WHERE seq > ?", (pos,)
+            ).fetchone()
+            self._db.execute("DELETE FROM cursors WHERE sink = ?", (sink,))
+            self._trim()
+            self._cond.notify_all()
+        logger.warning(
+            "event log %s: sink %s forgotten (%d events undelivered)", self.folder, sink, n
+        )
+        return int(n)
+
     def cursor(self, sink: str) -> int:
         with self._cond:
             return self._cursors.get(sink, 0)

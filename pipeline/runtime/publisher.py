@@ -201,6 +201,24 @@ class Publisher:
         self._started = False
         self._closed = False
         self._final: dict[str, dict[str, Any]] | None = None
+        self._warn_orphans()
+
+    def _warn_orphans(self) -> None:
+        """A sink this worker delivered to before but no longer has keeps its events in the
+        log (and the log from trimming below them): say so, and how to let go of them."""
+        for name in sorted(set(self.log.sinks()) - set(self.sink_names)):
+            n, age = self.log.pending(name)
+            logger.warning(
+                "event log %s keeps %d undelivered events (oldest %.0f s) for sink %s, which this "
+                "worker no longer has: add the sink back to deliver them, or drop them with "
+                "`emotion-stream eventlog forget %s --worker-id %s` while the worker is stopped",
+                self.log.folder,
+                n,
+                age,
+                name,
+                name,
+                self.log.folder.name,
+            )
 
     @property
     def sink_names(self) -> list[str]:
