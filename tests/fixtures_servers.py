@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pipeline.core.errors import EmotionStreamError
 from tests.servers import KafkaBroker, RedisServer
 
 
@@ -18,7 +19,7 @@ from tests.servers import KafkaBroker, RedisServer
 def kafka_broker() -> Iterator[KafkaBroker]:
     try:
         broker = KafkaBroker()
-    except RuntimeError as exc:
+    except (RuntimeError, EmotionStreamError) as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         yield broker
@@ -30,7 +31,7 @@ def kafka_broker() -> Iterator[KafkaBroker]:
 def redis_server() -> Iterator[RedisServer]:
     try:
         server = RedisServer()
-    except RuntimeError as exc:
+    except (RuntimeError, EmotionStreamError) as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         yield server

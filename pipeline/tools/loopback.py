@@ -113,6 +113,10 @@ class Server:
             time.sleep(0.05)
         self.start()
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def pause(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers (a hung server)."""
         if self.proc is not None:
@@ -163,9 +167,11 @@ class KafkaServer(Server):
 
     name = "tansu"
 
-    def __init__(self, s3: S3Server | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, s3: S3Server | None = None, port: int | None = None, start_timeout: float = 20.0
+    ) -> None:
         self.s3 = s3
-        super().__init__(port)
+        super().__init__(port, start_timeout)
         self.start()
 
     @property
@@ -196,20 +202,30 @@ class KafkaServer(Server):
 
 class RedisProc(Server):
     """A redis-server without persistence; ``restart`` empties it unless ``keep`` (then it
-    saves to and reloads from its folder, like a production Redis with persistence)."""
+    saves to and reloads from its folder, like a production Redis with persistence). With
+    ``password`` it requires AUTH."""
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, keep: bool = True) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        keep: bool = True,
+        password: str | None = None,
+        start_timeout: float = 15.0,
+    ) -> None:
         self.keep = keep
-        super().__init__(port, start_timeout=15.0)
+        self.password = password
+        super().__init__(port, start_timeout)
         self.start()
 
     @property
     def url(self) -> str:
+        """URL without the password (pass it separately, as the worker does)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def command(self) -> list[str]:
         cmd = [str(redis_binary()), "--port", str(self.port), "--bind", "127.0.0.1"]
         cmd += ["--dir", str(self.dir), "--save", "", "--appendonly", "yes" if self.keep else "no"]
-        return cmd
+        cmd += ["--logfile", str(self.dir / f"{self.name}.log")]
+        return cmd + (["--requirepass", self.password] if self.password else [])
