@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, settings_from_args
+
+if TYPE_CHECKING:
+    from pipeline.runtime.eventlog import EventLog
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,11 +36,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     forget.set_defaults(func=cmd_forget)
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def _open(args: argparse.Namespace) -> EventLog:
     from pipeline.runtime.eventlog import open_log
 
     s = settings_from_args(args)
-    log = open_log(s.delivery.log_dir, s.worker_id, s.delivery)
+    return open_log(s.delivery.log_dir, s.worker_id, s.delivery)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    log = _open(args)
     try:
         rows = []
         for name in log.sinks():
@@ -55,10 +63,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    from pipeline.runtime.eventlog import open_log
-
-    s = settings_from_args(args)
-    log = open_log(s.delivery.log_dir, s.worker_id, s.delivery)
+    log = _open(args)
     try:
         dropped = log.forget(args.sink)
         folder = log.folder

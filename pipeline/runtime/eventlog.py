@@ -238,17 +238,15 @@ class EventLog:
             if sink not in self._cursors:
                 known = ", ".join(sorted(self._cursors)) or "none"
                 raise ConfigError(f"event log {self.folder} has no sink {sink!r} (sinks: {known})")
-            pos = self._cursors.pop(sink)
-            (n,) = self._db.execute(
-                "SELECT COALESCE(SUM(n), 0) FROM events WHERE seq > ?", (pos,)
-            ).fetchone()
+            n, _ = self.pending(sink)  # the Condition's lock is re-entrant
+            del self._cursors[sink]
             self._db.execute("DELETE FROM cursors WHERE sink = ?", (sink,))
             self._trim()
             self._cond.notify_all()
         logger.warning(
             "event log %s: sink %s forgotten (%d events undelivered)", self.folder, sink, n
         )
-        return int(n)
+        return n
 
     def cursor(self, sink: str) -> int:
         with self._cond:

@@ -50,11 +50,10 @@ _LOST_EVERY = 2  # ... on every other frame while it stays lost (hidden behind a
 
 @dataclass(frozen=True, slots=True)
 class Carried:
-    """Faces carried from the previous frame: the survivors, the ids flow lost, and whether
-    any survivor is uncertain."""
+    """Faces carried from the previous frame: the survivors (the others are missed by the
+    ``Tracker``), and whether any survivor is uncertain."""
 
     faces: Faces
-    lost: tuple[int, ...]
     uncertain: bool
 
 
@@ -93,7 +92,7 @@ def carry_faces(
     by forward-backward LK flow; ``size`` is the frame's (width, height)."""
     n = len(faces)
     if n == 0:
-        return Carried(Faces.empty(), (), False)
+        return Carried(Faces.empty(), False)
     pts = face_points(faces)
     k = pts.shape[1]
     p0 = (pts * _FLOW_SCALE).reshape(-1, 1, 2)
@@ -108,11 +107,10 @@ def carry_faces(
     uncertain = bool(
         ((good.mean(axis=1) < 0.6) | (faces.score < settings.uncertain_score))[keep].any()
     )
-    lost = tuple(int(t) for t in faces.track_id[~keep])
     if not keep.any():
-        return Carried(Faces.empty(), lost, uncertain)
+        return Carried(Faces.empty(), uncertain)
     out = Faces.create(boxes[keep], faces.score[keep], kps[keep], faces.track_id[keep])
-    return Carried(out, lost, uncertain)
+    return Carried(out, uncertain)
 
 
 def _move(
@@ -237,11 +235,18 @@ class IntervalTracker:
         if self._prev is None:
             return None
         due = max(self._s.every - self._since - 1, 0)
-        if self._s.mode == IntervalMode.AUTO and self._want == "lost":
-            due = min(due, max(_LOST_EVERY - self._since - 1, 0))
-        elif self._s.mode == IntervalMode.AUTO and self._want:
-            due = 0
-        return due
+        want = self._want_due_in()
+        return due if want is None else min(due, want)
+
+    def _want_due_in(self) -> int | None:
+        """How many processed frames after the next one auto mode's wish (``_want``) makes
+        the detector run (0: the next frame); None when there is none. A lost face in view is
+        looked for on every ``_LOST_EVERY``-th frame, anything else at once."""
+        if self._s.mode != IntervalMode.AUTO or not self._want:
+            return None
+        if self._want == "lost":
+            return max(_LOST_EVERY - self._since - 1, 0)
+        return 0
 
     def _due(self, gray: Gray, shape: tuple[int, ...]) -> str:
         """Why the detector runs on this frame ("" when it does not)."""
@@ -254,12 +259,11 @@ class IntervalTracker:
         interval = self._since + 1 >= self._s.every
         reason = "first" if first else "interval" if interval else ""
         if not reason and self._s.mode == IntervalMode.AUTO:
-            if self._want == "lost" and self._since + 1 < _LOST_EVERY:
-                pass  # looked for on the last frames already: not again on every frame
-            elif self._want:
+            want = self._want_due_in()
+            if want == 0:
                 reason = self._want
-            elif self._ref_small is not None and self._scene_changed(small, self._ref_small):
-                reason = "scene"
+            elif want is None and self._ref_small is not None:
+                reason = "scene" if self._scene_changed(small, self._ref_small) else ""
         if reason:
             self._ref_small = small
         return reason

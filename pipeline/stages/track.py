@@ -97,11 +97,6 @@ class Tracker:
     def live_ids(self) -> list[int]:
         return [t.track_id for t in self._tracks]
 
-    @property
-    def has_lost(self) -> bool:
-        """A live track missed its last frame (occluded, or flow lost it) and has not ended."""
-        return any(t.misses > 0 for t in self._tracks)
-
     def lost_boxes(self) -> npt.NDArray[np.float32]:
         """(n, 4) boxes where the lost live tracks are predicted on the next frame."""
         lost = [t.predicted() for t in self._tracks if t.misses > 0]
