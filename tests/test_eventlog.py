@@ -153,3 +153,8 @@ def test_cli_eventlog_list_and_forget(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "3 events not delivered" in capsys.readouterr().out
     assert main(["eventlog", "forget", "kafka:events", *where]) == 2
     assert "no sink 'kafka:events'" in capsys.readouterr().err
+    # a mistyped worker id is refused, and no empty log is created for it
+    assert main(["eventlog", "list", "--log-dir", str(tmp_path), "--worker-id", "w8"]) == 2
+    err = capsys.readouterr().err
+    assert "no event log for worker 'w8'" in err and "logs there: w7" in err
+    assert not (tmp_path / "w8").exists()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, settings_from_args
+from pipeline.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from pipeline.runtime.eventlog import EventLog
@@ -37,10 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _open(args: argparse.Namespace) -> EventLog:
+    """The existing log of ``--worker-id`` (never a new, empty one for a mistyped id)."""
     from pipeline.runtime.eventlog import open_log
 
     s = settings_from_args(args)
-    return open_log(s.delivery.log_dir, s.worker_id, s.delivery)
+    root = s.delivery.log_dir
+    if not (root / s.worker_id / "events.db").is_file():
+        have = sorted(p.parent.name for p in root.glob("*/events.db")) if root.is_dir() else []
+        raise ConfigError(
+            f"no event log for worker {s.worker_id!r} under {root} "
+            f"(logs there: {', '.join(have) or 'none'}): check --worker-id and --log-dir"
+        )
+    return open_log(root, s.worker_id, s.delivery)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
