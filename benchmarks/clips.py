@@ -14,7 +14,6 @@ box on it is not counted as false. Everything is deterministic; nothing is downl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -25,16 +24,18 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.core.packages import package_dir
+
 SIZE = (1280, 720)
 FPS = 25
 VISIBLE = 0.7
 
 
 def _pkg_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"error: package {name} is not installed: pip install {name}")
-    return Path(next(iter(spec.submodule_search_locations)))
+    folder = package_dir(name)
+    if folder is None:
+        raise SystemExit(f"error: package {name} is not installed (make setup installs it)")
+    return folder
 
 
 def photo_paths() -> dict[str, Path]:

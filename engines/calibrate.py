@@ -86,7 +86,7 @@ def load_crops(
         import cv2
     except ImportError as exc:
         raise MissingDependencyError(
-            "opencv-python", "reading calibration images", "pip install opencv-python-headless"
+            "opencv-python", "reading calibration images", "pip install opencv-python"
         ) from exc
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     crops = []

