@@ -27,7 +27,6 @@ from pipeline.control.streams import (
     ControlClient,
     StreamRecord,
     ensure_control_topic,
-    expand_env_refs,
     partition_for,
     redact_url,
     validate_record,
@@ -120,23 +119,14 @@ def test_validate_scheme_not_allowed(url: str, tmp_path: Path) -> None:
         validate_record(_rec(url=url), tmp_path)
 
 
-def test_validate_network_url_expands_env_refs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CAM_USER", "bob")
+def test_validate_network_url_never_expands_env_refs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAM_PASS", "pw")
-    assert (
-        validate_record(_rec(url="rtsp://${CAM_USER}:${CAM_PASS}@h/1"), None) == "rtsp://bob:pw@h/1"
-    )
+    with pytest.raises(ConfigError, match=r"never expanded.*source\.credentials"):
+        validate_record(_rec(url="rtsp://bob:${CAM_PASS}@h/1"), None)
 
 
-def test_expand_env_refs_unset_names_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("NOPE_X", raising=False)
-    with pytest.raises(ConfigError, match="NOPE_X"):
-        expand_env_refs("rtsp://${NOPE_X}@h")
-
-
-def test_redact_url_hides_credentials_keeps_refs() -> None:
+def test_redact_url_hides_credentials() -> None:
     assert "pw" not in redact_url("rtsp://u:pw@h:554/x")
-    assert redact_url("rtsp://${U}:${P}@h/x") == "rtsp://${U}:${P}@h/x"
     assert redact_url("file:///media/a.mp4") == "file:///media/a.mp4"
 
 

@@ -20,7 +20,8 @@ COMPOSE = REPO / "docker-compose.yml"
 DOCKERFILES = [REPO / "deploy" / "Dockerfile.cpu", REPO / "deploy" / "Dockerfile.gpu"]
 README = REPO / "deploy" / "README.md"
 SCRIPTS = sorted((REPO / "deploy").glob("*/*.sh")) + sorted((REPO / "deploy").glob("*/*.py"))
-TEXT_FILES = [COMPOSE, README, REPO / "deploy" / "env.example", *DOCKERFILES, *SCRIPTS]
+PROMETHEUS = REPO / "deploy" / "prometheus" / "prometheus.yml"
+TEXT_FILES = [COMPOSE, README, REPO / "deploy" / "env.example", PROMETHEUS, *DOCKERFILES, *SCRIPTS]
 #: Variables that the compose file interpolates but no program reads.
 COMPOSE_ONLY = {
     "WORKERS",
@@ -30,6 +31,9 @@ COMPOSE_ONLY = {
     "REDIS_PASSWORD_FILE",
     "GPU_BACKEND",
     "GPU_PRECISION",
+    "WEB_CONFIG_FILE",
+    "METRICS_PASSWORD_FILE",
+    "GRAFANA_ADMIN_PASSWORD_FILE",
 }
 
 
@@ -131,6 +135,57 @@ def test_compose_worker_is_scalable_and_healthy() -> None:
     assert services["kafka-init"]["restart"] == "no"
 
 
+def test_compose_grafana_needs_a_login_from_a_secret() -> None:
+    compose = _compose()
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert str(env["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "false"
+    assert "GF_AUTH_ANONYMOUS_ORG_ROLE" not in env and "GF_SECURITY_ADMIN_PASSWORD" not in env
+    assert env["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert "grafana_admin_password" in grafana["secrets"]
+    assert "deploy/secrets/" in compose["secrets"]["grafana_admin_password"]["file"]
+
+
+def test_compose_kafka_ui_only_in_debug_profile_on_loopback() -> None:
+    ui = _compose()["services"]["kafka-ui"]
+    assert ui["profiles"] == ["debug"]
+    assert all(str(p).startswith("127.0.0.1:") for p in ui["ports"])
+
+
+def test_compose_host_ports_are_loopback_only() -> None:
+    for name, svc in _compose()["services"].items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} is open beyond the host"
+
+
+def test_compose_workers_metrics_port_has_a_web_config() -> None:
+    compose = _compose()
+    env = compose["x-worker-env"]
+    assert env["ES_WEB_CONFIG"] == "/run/secrets/web_config"
+    assert env["ES_METRICS_HOST"] == "0.0.0.0"  # the compose network, behind the login
+    assert "--http-insecure" not in COMPOSE.read_text()
+    for name in ("worker", "worker-gpu"):
+        svc = compose["services"][name]
+        assert svc["environment"]["ES_WEB_CONFIG"] == env["ES_WEB_CONFIG"], name
+        assert "web_config" in svc["secrets"], name
+    assert "deploy/secrets/" in compose["secrets"]["web_config"]["file"]
+
+
+def test_prometheus_scrapes_workers_with_basic_auth_from_a_secret() -> None:
+    from ruamel.yaml import YAML
+
+    compose = _compose()
+    (job,) = YAML(typ="safe").load(PROMETHEUS.read_text())["scrape_configs"]
+    auth = job["basic_auth"]
+    assert auth["username"] and "password" not in auth
+    secret = Path(auth["password_file"]).name
+    assert auth["password_file"] == f"/run/secrets/{secret}"
+    assert secret in compose["services"]["prometheus"]["secrets"]
+    assert "deploy/secrets/" in compose["secrets"][secret]["file"]
+    script = (REPO / "deploy" / "scripts" / "make-secrets.sh").read_text()
+    assert "prometheus: %s" in script and "web hash-password" in script and secret in script
+
+
 def test_compose_commands_exist_in_cli() -> None:
     """Each `command:` of a service that runs the emotion-stream image is a real command."""
     services = _compose()["services"]
@@ -164,14 +219,18 @@ def test_invocations_use_real_flags(path: Path) -> None:
             "run",
             "engines",
             "sessions",
+            "web",
         }:
             _check_command(words, path.name)
 
 
 def _known_env() -> set[str]:
     from pipeline.core.config_load import env_names
+    from pipeline.media import sources
 
-    return set(env_names())
+    # The settings' ES_<SECTION>_<FIELD>, plus the pair `run` reads for its own sources.
+    rtsp = {sources.ENV_RTSP_USERNAME, sources.ENV_RTSP_PASSWORD, sources.ENV_RTSP_PASSWORD_FILE}
+    return set(env_names()) | rtsp
 
 
 def test_env_vars_named_exist() -> None:

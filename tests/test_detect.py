@@ -203,3 +203,30 @@ def test_detector_non_onnx_suffix_is_model_error(models_dir: Path, tmp_path: Pat
     shutil.copy(models_dir / "scrfd_retinaface_mnet025.onnx", path)
     with pytest.raises(ModelError, match=r"not an \.onnx file"):
         FaceDetector(_settings(model_file=path))
+
+
+def test_cap_faces_keeps_the_highest_scores_and_counts_the_rest() -> None:
+    from pipeline.stages.detect import cap_faces
+
+    keep = np.array([0, 2, 3, 5, 7], np.int64)
+    scores = np.array([0.6, 0.9, 0.55, 0.95, 0.7], np.float32)
+    kept, capped = cap_faces(keep, scores, 3)
+    assert kept.tolist() == [5, 2, 7] and capped == 2
+    same, none = cap_faces(keep, scores, 5)
+    assert same.tolist() == keep.tolist() and none == 0
+
+
+def test_detector_max_faces_keeps_best_of_t1_and_counts(
+    models_dir: Path, t1_image: np.ndarray, detector: FaceDetector
+) -> None:
+    every = detector.detect(t1_image)
+    det = FaceDetector(_settings(model_dir=models_dir, max_faces=4))
+    faces = det.detect_batch([t1_image, t1_image])
+    best = np.sort(every.score)[::-1][:4]
+    for f in faces:
+        assert len(f) == 4
+        np.testing.assert_allclose(np.sort(f.score)[::-1], best, rtol=1e-5)
+    assert det.faces_capped == 2 * (len(every) - 4)
+    assert DetectorSettings().max_faces == 64
+    with pytest.raises(ValueError, match="max_faces"):
+        DetectorSettings(max_faces=0)

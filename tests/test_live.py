@@ -580,7 +580,9 @@ def test_worker_cli_camera_down_at_start_retried_visible_then_events(
     control, topic = f"ctl-{tag}", f"events-{tag}"
     kafka = ["--kafka", kafka_broker.bootstrap, "--control-topic", control]
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"source": {"reconnect_max_s": 2.0, "open_timeout_s": 3.0}}))
+    source = {"reconnect_max_s": 2.0, "open_timeout_s": 3.0}
+    # the camera is on loopback, which control-topic streams may reach only when allowed
+    cfg.write_text(json.dumps({"source": source, "group": {"allow_hosts": ["127.0.0.1"]}}))
     server = RtspServer(sample_clip, port=free_port())
     workers, seen, stop = Workers(tmp_path), Seen(), threading.Event()
     follower = threading.Thread(

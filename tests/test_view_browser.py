@@ -108,6 +108,14 @@ def browser() -> Iterator[Any]:
     os.environ.setdefault("SE_OFFLINE", "true")
     driver = webdriver.Chrome(options=opts, service=service)
     driver.set_page_load_timeout(60)
+    # every Content-Security-Policy violation of a page, for _csp_violations()
+    driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {
+            "source": "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+            " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+        },
+    )
     try:
         yield driver
     finally:
@@ -116,6 +124,11 @@ def browser() -> Iterator[Any]:
 
 def _js(driver: Any, script: str) -> Any:
     return driver.execute_script(script)
+
+
+def _csp_violations(driver: Any) -> list[str]:
+    """What the page's Content-Security-Policy blocked (scripts, styles, images, fetches)."""
+    return list(_js(driver, "return window.__csp || ['the CSP listener did not run']"))
 
 
 CARD = f"document.querySelector('[data-stream=\"{STREAM}\"]')"
@@ -148,6 +161,9 @@ def test_view_page_shows_live_preview_fps_and_labels(view_worker: ViewWorker, br
     OUT.mkdir(exist_ok=True)
     browser.save_screenshot(str(OUT / "view-screenshot.png"))
     assert (OUT / "view-screenshot.png").stat().st_size > 20_000
+    with urllib.request.urlopen(view_worker.url + "/", timeout=10) as r:
+        assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+    assert _csp_violations(browser) == []
 
 
 def test_view_session_page_chart_has_points(view_worker: ViewWorker, browser: Any) -> None:
@@ -167,6 +183,7 @@ def test_view_session_page_chart_has_points(view_worker: ViewWorker, browser: An
     points = _js(browser, "return document.querySelectorAll('#chart rect.point').length")
     assert points > 0
     assert int(_js(browser, "return document.querySelectorAll('#tracks tbody tr').length")) > 0
+    assert _csp_violations(browser) == []
     browser.save_screenshot(str(OUT / "view-session.png"))
 
 

@@ -30,6 +30,7 @@ from training import models
 from training.augment import augment
 from training.config import TrainConfig
 from training.data import DataSet, Split, class_weights, split_validation
+from training.safe_load import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +116,7 @@ def load_model(target: Path, device: torch.device | None = None) -> LoadedModel:
                 f"{path} carries no {TORCHSCRIPT_SPEC_FILE}: re-export it with `emotion-stream export`"
             )
         return LoadedModel(module.eval(), spec, spec.softmax_in_model, path)
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ModelError(
-            f"cannot read checkpoint {path} ({exc}): pass a run dir or its {BEST}"
-        ) from exc
+    ckpt = load_weights(path, "checkpoint", f"pass a run dir or its {BEST}")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(
             f"{path} is not an emotion-stream training checkpoint: pass a run dir or its {BEST}"
@@ -218,7 +214,9 @@ class Trainer:
         path = self.out / LAST
         if not path.is_file():
             raise ConfigError(f"--resume: {path} does not exist: start the run without --resume")
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        ckpt = load_weights(path, "checkpoint", "start the run without --resume")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ModelError(f"--resume: {path} is not an emotion-stream training checkpoint")
         if ckpt.get("data_digest") != self.digest:
             logger.warning(
                 "resume: the data differ from the run's (hash %s vs %s)",

@@ -4,7 +4,8 @@ A worker's log keeps every event until each sink it ever delivered to has acknow
 sink taken out of a worker's configuration keeps its cursor (nothing accepted is dropped on
 its own): ``list`` shows it with what it still waits for, ``forget`` lets go of it so the log
 trims again. Both open the log of ``--worker-id`` under ``--log-dir``, which must not be in
-use by a running worker.
+use by a running worker. A damaged log is reported in one line and left as it is (the worker
+moves it aside when it starts).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _open(args: argparse.Namespace) -> EventLog:
             f"no event log for worker {s.worker_id!r} under {root} "
             f"(logs there: {', '.join(have) or 'none'}): check --worker-id and --log-dir"
         )
-    return open_log(root, s.worker_id, s.delivery)
+    return open_log(root, s.worker_id, s.delivery, repair=False)  # look, never move aside
 
 
 def cmd_list(args: argparse.Namespace) -> int:

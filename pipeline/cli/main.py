@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "pipeline.cli.doctor",  # doctor
     "pipeline.cli.soak",  # soak
     "pipeline.cli.eventlog",  # eventlog list | forget
+    "pipeline.cli.web",  # web hash-password
     "training.cli",  # train, evaluate, export
 )
 

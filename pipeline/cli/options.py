@@ -133,6 +133,12 @@ SOURCE = (
         "Give up a stream after N consecutive undecodable packets / corrupt frames (each is skipped and counted).",
         int,
     ),
+    Opt(
+        "--max-pixels",
+        "source.max_pixels",
+        "Largest frame (width x height) a source may deliver (default 3840x2160 = 8294400).",
+        int,
+    ),
     *DECODE,
 )
 SINKS = (
@@ -165,6 +171,27 @@ REDIS = (
 GROUP = (
     Opt("--group", "group.group", "Consumer group shared by the workers."),
     Opt("--media-root", "group.media_root", "Folder file: sources must lie under.", Path),
+    Opt(
+        "--allow-host",
+        "group.allow_hosts",
+        "Host, IP, CIDR or *.suffix control-topic streams may connect to; repeatable"
+        " (none: any host not denied; loopback and link-local need an explicit IP/CIDR).",
+        append=True,
+        metavar="HOST",
+    ),
+    Opt(
+        "--deny-host",
+        "group.deny_hosts",
+        "Host, IP, CIDR or *.suffix control-topic streams may never connect to; repeatable.",
+        append=True,
+        metavar="HOST",
+    ),
+    Opt(
+        "--max-streams",
+        "group.max_streams",
+        "Most streams this worker runs at once; more records wait for a slot.",
+        int,
+    ),
     Opt("--session-timeout-ms", "group.session_timeout_ms", "Group session timeout.", int),
     Opt("--heartbeat-ms", "group.heartbeat_interval_ms", "Group heartbeat interval.", int),
     Opt("--max-poll-interval-ms", "group.max_poll_interval_ms", "Group rebalance timeout.", int),
@@ -180,8 +207,18 @@ GROUP = (
         "Port of /healthz, /readyz, /metrics (0: any; -1: off).",
         int,
     ),
-    Opt("--metrics-host", "metrics.host", "Address the HTTP endpoints bind."),
+    Opt(
+        "--metrics-host",
+        "metrics.host",
+        "Address the HTTP endpoints bind (default 127.0.0.1; beyond loopback needs --web-config"
+        " or --http-insecure).",
+    ),
 )
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    """``--http-allowed-hosts a,b`` -> ("a", "b")."""
+    return tuple(h.strip() for h in text.split(",") if h.strip())
 
 
 def _mib(text: str) -> int:
@@ -226,6 +263,34 @@ VIEW = (
         const=True,
     ),
     Opt("--view-fps", "view.preview_fps", "Most frames/s per preview watcher (default: 5).", float),
+    Opt(
+        "--view-max-watchers",
+        "view.max_watchers",
+        "Most preview watchers at once, all streams together (default: 8); more get 503.",
+        int,
+    ),
+    Opt(
+        "--web-config",
+        "web.config",
+        "Login and TLS of the HTTP ports (view and metrics) in Prometheus' exporter-toolkit"
+        " format: basic_auth_users, tls_server_config. /healthz stays open.",
+        Path,
+        metavar="FILE",
+    ),
+    Opt(
+        "--http-insecure",
+        "web.insecure",
+        "Allow serving an address beyond loopback with no --web-config (no login, no TLS).",
+        const=True,
+    ),
+    Opt(
+        "--http-allowed-hosts",
+        "web.allowed_hosts",
+        "Host header values served, comma-separated, port ignored (*.example.com, *: any;"
+        " default: the bound address, localhost, 127.0.0.1).",
+        _hosts,
+        metavar="HOST[,HOST...]",
+    ),
     Opt(
         "--track-thumbnails",
         "track_thumbnails",

@@ -115,6 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runtime.worker import build_worker
 
     settings = settings_from_args(args)
+    if settings.view.http:  # bind rule and web config, before the models load
+        from pipeline.control.web import check_http_settings
+
+        check_http_settings(settings)
     specs = _parse_sources(args)
     sinks = sink_specs(settings)
     worker = build_worker(settings, sinks, settings.kafka, settings.redis)
@@ -192,6 +196,7 @@ def _start_view(worker: Any, settings: WorkerSettings, redis: RedisSettings) -> 
             redis if redis.url else None,
             readyz=ready,
             metrics=Metrics(worker.stats).render,
+            web=settings.web,
         )
     except BaseException:
         worker.stop("shutdown")

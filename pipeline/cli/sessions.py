@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, require_redis, settings_from_args
 from pipeline.core.errors import ConfigError
+from pipeline.core.ids import check_id
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_sessions_show(args: argparse.Namespace) -> int:
     from pipeline.sinks.redis_agg import connect, read_session, read_tracks
 
+    check_id("session id", args.session, "pass the worker's --session")
     settings = settings_from_args(args)
     require_redis(settings)
     redis = settings.redis

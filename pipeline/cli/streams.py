@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from typing import Any
+import sys
+from pathlib import Path
+from typing import Any, TextIO
 
 from pipeline.cli import options as opts
 from pipeline.cli.options import add_options, require_kafka, settings_from_args
 from pipeline.core.config import DropPolicy, KafkaSettings
 from pipeline.core.errors import ConfigError
+from pipeline.core.ids import ID_RULE, check_id
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     ssub = streams.add_subparsers(dest="streams_command", metavar="ACTION", required=True)
     add = ssub.add_parser("add", help="Add or replace a stream (a record keyed by its id).")
-    add.add_argument("stream_id", metavar="STREAM_ID", help="Stream id (letters, digits, . _ : -).")
+    add.add_argument("stream_id", metavar="STREAM_ID", help=f"Stream id: {ID_RULE}.")
     add.add_argument(
         "url",
         metavar="URL",
-        help="rtsp://, http(s)://, file: URL or path; ${VAR} names a worker env var.",
+        help="rtsp://, http(s)://, file: URL or path (credentials: the workers'"
+        " source.credentials setting; ${VAR} is not expanded).",
     )
     for flag, kw in RECORD_OPTIONS:
         add.add_argument(flag, **kw)
@@ -65,8 +69,12 @@ def cmd_add(args: argparse.Namespace) -> int:
         StreamRecord,
         ensure_control_topic,
         redact_url,
+        validate_record,
     )
 
+    check_id("stream id", args.stream_id)
+    if args.session is not None:
+        check_id("session id", args.session, "fix --session")
     try:
         rec = StreamRecord(
             stream_id=args.stream_id,
@@ -80,10 +88,11 @@ def cmd_add(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise ConfigError(f"stream {args.stream_id!r}: {exc}".replace("\n", " ")) from exc
-    _check_scheme(rec.url, rec.stream_id)
+    validate_record(rec, Path("/"))  # scheme, URL shape, no ${...}; media roots are the workers'
     if redact_url(rec.url) != rec.url:
         logger.warning(
-            "stream %s: the URL carries credentials in clear on the control topic; prefer ${VAR} references",
+            "stream %s: the URL carries credentials in clear on the control topic; give them"
+            " in the workers' source.credentials setting instead",
             rec.stream_id,
         )
     kafka = kafka_settings(args)
@@ -91,18 +100,6 @@ def cmd_add(args: argparse.Namespace) -> int:
     part = ControlClient(kafka).put(rec)
     print(f"added {rec.stream_id} {rec.display} (partition {part} of {n})")
     return 0
-
-
-def _check_scheme(url: str, stream_id: str) -> None:
-    from urllib.parse import urlsplit
-
-    from pipeline.control.streams import ALLOWED_SCHEMES
-
-    scheme = urlsplit(url).scheme.lower()
-    if len(scheme) > 1 and scheme not in ALLOWED_SCHEMES:
-        raise ConfigError(
-            f"stream {stream_id}: scheme {scheme!r} not allowed: use one of {', '.join(sorted(ALLOWED_SCHEMES))}"
-        )
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
@@ -131,15 +128,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         }
         for sid, r in sorted(records.items())
     ]
+    rejected = client.rejections.current()
     if args.json:
         print(json.dumps(rows, indent=2))
+        _print_rejected(rejected, sys.stderr)  # the JSON on stdout stays a list of streams
         return 0
     if not rows:
         print("no streams")
-        return 0
     for row in rows:
         flags = " ".join(k for k in ("loop", "realtime") if row.get(k))
         print(
             f"{row['stream_id']:<24} p{row['partition']!s:<3} {row.get('session_id') or '-':<12} {row['url']} {flags}".rstrip()
         )
+    _print_rejected(rejected, sys.stdout)
     return 0
+
+
+def _print_rejected(rejected: list[dict[str, Any]], out: TextIO) -> None:
+    """The most recent records every worker refuses (latest per key), with the reason."""
+    if not rejected:
+        return
+    print(f"rejected records ({len(rejected)} most recent; workers skip them):", file=out)
+    for r in rejected:
+        print(f"  {r['key']:<24} {r['reason']:<14} {r['detail']}", file=out)

@@ -37,6 +37,9 @@ def worker_settings(args: argparse.Namespace) -> WorkerSettings:
     """The worker's settings; its id defaults to HOSTNAME-PID. Kafka is required."""
     settings = settings_from_args(args, base={"worker_id": f"{socket.gethostname()}-{os.getpid()}"})
     require_kafka(settings)
+    from pipeline.control.web import check_http_settings
+
+    check_http_settings(settings, metrics_port=True)  # bind rule, web config: before models
     root = settings.group.media_root
     if root is not None and not root.is_dir():
         raise ConfigError(f"--media-root {root} is not a folder: create it or fix the path")
@@ -62,7 +65,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if s.metrics.port >= 0:
         try:
             health = HealthServer(
-                s.metrics.host, s.metrics.port, group.live, group.ready, metrics.render
+                s.metrics.host, s.metrics.port, group.live, group.ready, metrics.render, s.web
             ).start()
         except ConfigError:  # port in use: one error line, exit 2, after releasing the worker
             worker.stop("shutdown")
@@ -96,7 +99,7 @@ def _start_view(s: WorkerSettings, worker: Any, group: Any, metrics: Any, health
 
     redis = s.redis if s.redis.url else None
     try:
-        view = start_view(worker, s.view, redis, group.live, group.ready, metrics.render)
+        view = start_view(worker, s.view, redis, group.live, group.ready, metrics.render, web=s.web)
     except BaseException:
         worker.stop("shutdown")
         if health is not None:

@@ -12,8 +12,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from pipeline.control.web.app import health_routes
+from pipeline.control.web.app import health_routes, json_errors
 from pipeline.control.web.server import WebServer
+from pipeline.core.config import WebSettings
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,9 @@ CheckFn = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 class HealthServer:
-    """Serves the three endpoints from a daemon thread; ``port=0`` picks a free port."""
+    """Serves the three endpoints from a daemon thread; ``port=0`` picks a free port.
+    ``web`` protects ``/readyz`` and ``/metrics`` as it protects the view (``/healthz`` stays
+    open); without a web config only a loopback ``host`` is accepted."""
 
     def __init__(
         self,
@@ -30,9 +33,12 @@ class HealthServer:
         live: CheckFn,
         ready: CheckFn,
         metrics: Callable[[], bytes] | None = None,
+        web: WebSettings | None = None,
     ) -> None:
-        app = Starlette(routes=health_routes(live, ready, metrics))
-        self._server = WebServer(app, host, port, name="health", flag="--metrics-port")
+        app = Starlette(
+            routes=health_routes(live, ready, metrics), exception_handlers=json_errors()
+        )
+        self._server = WebServer(app, host, port, name="health", flag="--metrics-port", web=web)
 
     @property
     def port(self) -> int:
@@ -40,7 +46,9 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._server.start()
-        logger.info("serving /healthz /readyz /metrics on port %d", self.port)
+        logger.info(
+            "serving /healthz /readyz /metrics on port %d (%s)", self.port, self._server.url
+        )
         return self
 
     def close(self) -> None:

@@ -80,6 +80,12 @@ _SINK_FIELDS: dict[str, tuple[str, str, bool]] = {
     "delivered": ("delivered_events", "Events the sink acknowledged.", True),
     "retried": ("retried_events", "Events whose delivery failed and was retried.", True),
     "dropped": ("dropped_events", "Undelivered events dropped by the log's full policy.", True),
+    "rejected": (
+        "rejected_events",
+        "Events set aside for good: log rows that do not decode, frames Redis cannot apply.",
+        True,
+    ),
+    "restarts": ("delivery_restarts", "Delivery threads restarted after a failure.", True),
 }
 
 
@@ -166,7 +172,13 @@ class Metrics:
         )
         self.rejected = Counter(
             f"{PREFIX}_control_rejected",
-            "Control records refused (invalid, forbidden path or scheme).",
+            "Control records refused, by reason (pipeline.control.streams.RejectReason).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.waiting = Gauge(
+            f"{PREFIX}_waiting_streams",
+            "Valid control records waiting for a slot (group.max_streams).",
             registry=self.registry,
         )
         self.stream_starts = Counter(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.core.enums import (  # the settings' named choices, importable from here too
@@ -24,6 +24,7 @@ from pipeline.core.enums import (  # the settings' named choices, importable fro
     Precision,
     RtspTransport,
 )
+from pipeline.core.ids import ID_RULE, is_valid_id
 
 __all__ = [
     "Assignor",
@@ -43,6 +44,27 @@ class StrictModel(BaseModel):
     """Base of every settings section: unknown keys are rejected, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostCredentials(StrictModel):
+    """Credentials of one source host (an entry of ``source.credentials``): the username, and
+    the password read from an environment variable or a file at each connect, never stored."""
+
+    username: str = Field(min_length=1, max_length=256, description="User name sent to the host.")
+    password_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="Environment variable holding the password (read at each connect).",
+    )
+    password_file: Path | None = Field(
+        None, description="File holding the password (read at each connect; trailing newline cut)."
+    )
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> HostCredentials:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
 
 
 class SourceSettings(StrictModel):
@@ -87,6 +109,25 @@ class SourceSettings(StrictModel):
         description="Give up a stream after this many consecutive undecodable packets or"
         " corrupt frames (each is skipped and counted as a decode error).",
     )
+    max_pixels: int = Field(
+        3840 * 2160,
+        ge=1,
+        description="Largest frame (width x height) a source may deliver; a larger stream fails"
+        " with its reason (memory and detector time grow with the frame).",
+    )
+    credentials: dict[str, HostCredentials] = Field(
+        default_factory=dict,
+        description="HOST[:PORT] -> {username, password_env | password_file}: credentials sent"
+        " to that host only (rtsp, http); a URL without a matching entry gets none. A PORT-less"
+        " entry matches every port of the host.",
+    )
+
+    @field_validator("credentials")
+    @classmethod
+    def _credential_hosts(cls, value: dict[str, HostCredentials]) -> dict[str, HostCredentials]:
+        from pipeline.core.credentials import normalise_host_key
+
+        return {normalise_host_key(key): cred for key, cred in value.items()}
 
 
 class DetectorSettings(StrictModel):
@@ -111,6 +152,13 @@ class DetectorSettings(StrictModel):
     nms_threshold: float = Field(0.4, ge=0, le=1, description="NMS IoU threshold.")
     min_face_px: int = Field(
         12, ge=1, description="Drop faces whose shorter side is below this many pixels."
+    )
+    max_faces: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Most faces kept per frame: the highest-scoring ones; the rest are counted "
+        "(faces_capped) and not tracked or classified, which bounds the work a crowded frame costs.",
     )
     providers: tuple[str, ...] = Field(
         (),
@@ -227,6 +275,40 @@ class ViewSettings(StrictModel):
         5.0, gt=0, le=30, description="Most frames per second a preview.mjpg watcher is sent."
     )
     jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of previews.")
+    max_watchers: int = Field(
+        8,
+        ge=1,
+        description="Most preview.mjpg watchers at once (all streams together); more get 503.",
+    )
+
+
+class WebSettings(StrictModel):
+    """Who may use the HTTP ports: the view's ``--http`` and the worker's metrics port."""
+
+    config: Path | None = Field(
+        None,
+        description="Web configuration file in the format of Prometheus' exporter-toolkit:"
+        " basic_auth_users (user: bcrypt hash from `emotion-stream web hash-password`) and"
+        " tls_server_config (cert_file, key_file). Protects every route but /healthz.",
+    )
+    insecure: bool = Field(
+        False,
+        description="Serve an address beyond loopback without a web config (no login, no TLS).",
+    )
+    allowed_hosts: tuple[str, ...] = Field(
+        (),
+        description="Host header values served, port ignored (*.example.com: subdomains, *: any);"
+        " others get 400. Empty: the bound address, localhost, 127.0.0.1 and ::1 (bound to"
+        " 0.0.0.0 or ::, also this machine's names and addresses).",
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """``a,b`` (from ES_WEB_ALLOWED_HOSTS or a flag) is two hosts."""
+        if isinstance(value, str):
+            return tuple(h.strip() for h in value.split(",") if h.strip())
+        return value
 
 
 class KafkaSettings(BaseSettings):
@@ -318,13 +400,51 @@ class GroupSettings(StrictModel):
     media_root: Path | None = Field(
         None, description="Folder that file: sources of stream records must lie under (None: none)."
     )
+    allow_hosts: tuple[str, ...] = Field(
+        (),
+        description="Hosts that control-topic streams may connect to: IP addresses, CIDR ranges,"
+        " names or *.suffix names (empty: any host not denied). Loopback, link-local and"
+        " unspecified addresses stay denied unless an address or range here contains them.",
+    )
+    deny_hosts: tuple[str, ...] = Field(
+        (),
+        description="Hosts that control-topic streams may never connect to (IP addresses, CIDR"
+        " ranges, names, *.suffix names); wins over allow_hosts.",
+    )
+    max_streams: int | None = Field(
+        None,
+        ge=1,
+        description="Most streams this worker runs at once; records beyond it wait, with the"
+        " reason shown in /readyz (None: no limit).",
+    )
+
+    @field_validator("allow_hosts", "deny_hosts", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """``ES_GROUP_ALLOW_HOSTS=127.0.0.1,10.0.0.0/8`` as well as a JSON/YAML list."""
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("allow_hosts", "deny_hosts")
+    @classmethod
+    def _host_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from pipeline.core.hosts import parse_entry
+
+        for entry in value:
+            parse_entry(entry)
+        return value
 
 
 class MetricsSettings(StrictModel):
     """The worker's HTTP endpoints: /healthz, /readyz, /metrics."""
 
     port: int = Field(9100, ge=-1, le=65535, description="Port (0: any free port; -1: off).")
-    host: str = Field("0.0.0.0", description="Address the HTTP endpoints bind.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the HTTP endpoints bind; beyond loopback needs web.config"
+        " (or web.insecure).",
+    )
 
 
 class SinkSettings(StrictModel):
@@ -368,8 +488,14 @@ class DeliverySettings(StrictModel):
 class WorkerSettings(StrictModel):
     """Everything one worker run needs, built once by the CLI."""
 
-    worker_id: str = Field("worker-0", description="Carried in every event as worker_id.")
-    session_id: str = Field("default", description="Session the events and aggregates belong to.")
+    worker_id: str = Field(
+        "worker-0",
+        description=f"Carried in every event as worker_id; names the event-log folder: {ID_RULE}.",
+    )
+    session_id: str = Field(
+        "default",
+        description=f"Session the events and aggregates belong to (part of Redis keys): {ID_RULE}.",
+    )
     source: SourceSettings = Field(default_factory=SourceSettings, description="Sources.")  # type: ignore[arg-type]
     detector: DetectorSettings = Field(default_factory=DetectorSettings, description="Detector.")  # type: ignore[arg-type]
     emotion: EmotionSettings = Field(default_factory=EmotionSettings, description="Classifier.")  # type: ignore[arg-type]
@@ -384,6 +510,10 @@ class WorkerSettings(StrictModel):
         description="HTTP health and metrics endpoints.",
     )
     view: ViewSettings = Field(default_factory=ViewSettings, description="Web view.")  # type: ignore[arg-type]
+    web: WebSettings = Field(
+        default_factory=WebSettings,  # type: ignore[arg-type]
+        description="Login, TLS and allowed hosts of the HTTP ports (view and metrics).",
+    )
     track_thumbnails: bool = Field(
         False,
         description="Put a small JPEG of each track's best aligned face on its track_end event.",
@@ -392,3 +522,11 @@ class WorkerSettings(StrictModel):
     interval: IntervalSettings = Field(
         default_factory=IntervalSettings, description="Detection interval."
     )  # type: ignore[arg-type]
+
+    @field_validator("worker_id", "session_id")
+    @classmethod
+    def _one_id_rule(cls, value: str) -> str:
+        """Ids become Redis key parts and folder names: the one rule of ``pipeline.core.ids``."""
+        if not is_valid_id(value):
+            raise ValueError(f"use {ID_RULE}")
+        return value

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.core.config import EmotionSettings, WorkerSettings
 from pipeline.core.errors import ConfigError
+from pipeline.core.redact import REDACTED, cut, redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,32 @@ def _drop_masked(data: dict[str, Any]) -> Layer:
     for key, value in data.items():
         if isinstance(value, dict):
             out[key] = _drop_masked(value)
-        elif value != MASK:
+        elif value != MASK and not _masked_url(value):
             out[key] = value
     return out
+
+
+def _masked_url(value: Any) -> bool:
+    """A URL as ``config show`` prints it, user-info or secret query values masked."""
+    return isinstance(value, str) and (
+        f"://{REDACTED}:{REDACTED}@" in value or f"={REDACTED}" in value
+    )
+
+
+def _mask_urls(node: Any) -> Any:
+    """Every string of a settings document with URL user-info and secret query values masked
+    (``redis://:PASSWORD@host`` shows as ``redis://***:***@host``)."""
+    if isinstance(node, dict):
+        return {k: _mask_urls(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_mask_urls(v) for v in node]
+    if isinstance(node, str) and "://" in node:
+        return redact_url(node)
+    return node
+
+
+#: Parts of a settings key whose value is a secret: never echoed in an error.
+_SECRET_PARTS = ("password", "secret", "token", "credentials")
 
 
 def env_var(*path: str) -> str:
@@ -186,7 +210,9 @@ def _config_error(exc: ValidationError, layers: Mapping[str, Layer]) -> ConfigEr
             f"{where}unknown key {key!r}: remove it or fix its name "
             "(`emotion-stream config show` lists every key)"
         )
-    value = f" = {err['input']!r}" if origin and "input" in err else ""
+    secret = any(part in key.lower() for part in _SECRET_PARTS)
+    shown = cut(redact_text(repr(err.get("input"))), 120)
+    value = f" = {shown}" if origin and "input" in err and not secret else ""
     return ConfigError(f"{where}invalid setting {key}{value}: {err['msg']}")
 
 
@@ -203,7 +229,7 @@ def settings_document(settings: WorkerSettings) -> Layer:
     """The settings as plain JSON types in field order. A secret that is set shows as the
     mask; one that is not set is left out, so that the document read back as ``--config``
     never hides a secret given later by the environment."""
-    doc: Layer = settings.model_dump(mode="json")
+    doc: Layer = _mask_urls(settings.model_dump(mode="json"))
     for name, field in WorkerSettings.model_fields.items():
         section = field.annotation
         if not (isinstance(section, type) and issubclass(section, BaseModel)):

@@ -27,6 +27,16 @@ SECRET_QUERY_KEYS = frozenset(
         "x-amz-signature",
         "x-amz-credential",
         "x-amz-security-token",
+        "x-goog-signature",
+        "x-goog-credential",
+        "client_secret",
+        "refresh_token",
+        "id_token",
+        "private_token",
+        "session_token",
+        "jwt",
+        "credential",
+        "credentials",
     }
 )
 
@@ -60,5 +70,38 @@ def redact_url(url: str) -> str:
     if "@" in netloc:
         netloc = f"{REDACTED}:{REDACTED}@" + netloc.rsplit("@", 1)[1]
     return urlunsplit(
-        (parts.scheme, netloc, parts.path, _redact_query(parts.query), parts.fragment)
+        (
+            parts.scheme,
+            netloc,
+            parts.path,
+            _redact_query(parts.query),
+            _redact_query(parts.fragment) if "=" in parts.fragment else parts.fragment,
+        )
     )
+
+
+# scheme://user[:password]@ anywhere in a text, and secret query values (?token=... &sig=...).
+_TEXT_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/?#@\s\"']*@")
+_TEXT_QUERY = re.compile(
+    r"(?P<sep>[?&;])(?P<key>[A-Za-z0-9_.-]+)=(?P<value>[^&#\s\"']*)",
+)
+
+
+def redact_text(text: str) -> str:
+    """``text`` (a log line, a raw record) with the user-info of every URL in it and the values
+    of secret query parameters replaced by ``***``; for text that may not parse as one URL."""
+    out = _TEXT_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}:{REDACTED}@", text)
+
+    def query(m: re.Match[str]) -> str:
+        if m.group("key").lower() in SECRET_QUERY_KEYS:
+            return f"{m.group('sep')}{m.group('key')}={REDACTED}"
+        return m.group(0)
+
+    return _TEXT_QUERY.sub(query, out)
+
+
+def cut(text: str, limit: int = 300) -> str:
+    """``text`` cut to ``limit`` characters, with the full length noted when cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"

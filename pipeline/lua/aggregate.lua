@@ -10,18 +10,32 @@
 --   field "<minute start, epoch s>:<label>" -> faces with that label in that minute
 -- ARGV[1] JSON {"stream": s, "frame": n, "ts": epoch_ms, "faces": [{"track": "s:t", "label": l, "probs": [7]}]}
 -- ARGV[2] TTL seconds (every key touched is given it again)
--- Returns the number of faces applied (0 when the frame was already applied).
+-- Returns the number of faces applied (0 when the frame was already applied), or, when a key
+-- exists with another type than the script writes (a key not made by this script), the
+-- table {"wrongtype", key, its type} before anything is written: the frame is not applied and
+-- the replay guard does not move. The guard is written last, so a frame that fails half-way
+-- (an error Redis raises) does not advance it either.
 
 local EMOTIONS = {"angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"}
 local data = cjson.decode(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local frame = tonumber(data.frame)
 
+for k = 1, #KEYS do
+  local want = "hash"
+  if k == 2 then
+    want = "set"
+  end
+  local have = redis.call("TYPE", KEYS[k])["ok"]
+  if have ~= "none" and have ~= want then
+    return {"wrongtype", KEYS[k], have}
+  end
+end
+
 local hw = redis.call("HGET", KEYS[3], data.stream)
 if hw and tonumber(hw) >= frame then
   return 0
 end
-redis.call("HSET", KEYS[3], data.stream, frame)
 
 local function span(key, ts)
   local first = redis.call("HGET", key, "first_ts_ms")
@@ -100,6 +114,7 @@ if minutes then
   end
   redis.call("EXPIRE", minutes, ttl)
 end
+redis.call("HSET", KEYS[3], data.stream, frame)
 for k = 1, 3 do
   redis.call("EXPIRE", KEYS[k], ttl)
 end

@@ -7,6 +7,11 @@ configured ``DropPolicy`` and reconnect with capped exponential backoff when the
 Every error is a one-line ``SourceError`` naming the input (credentials redacted) and
 the fix; it is stored on ``VideoSource.error`` rather than raised, so one bad stream
 never stops the others.
+
+At every connect and reconnect a source checks its host against the spec's ``HostPolicy``
+(control-topic streams; ``pipeline.core.hosts``), adds the ``source.credentials`` entry of its
+own host (``pipeline.core.credentials``), and opens with FFmpeg's ``protocol_whitelist`` of
+its kind; a denied host and a frame over ``source.max_pixels`` fail the stream for good.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pipeline.core.config import DropPolicy, SourceSettings
+from pipeline.core.credentials import with_credentials
 from pipeline.core.errors import ConfigError, SourceError
-from pipeline.core.redact import redact_url
+from pipeline.core.hosts import HostPolicy
+from pipeline.core.ids import ID_RE, id_problem
+from pipeline.core.redact import redact_text, redact_url
 from pipeline.core.types import Frame
 from pipeline.media.hwaccel import decode_options
 from pipeline.media.pictures import pixels_of
@@ -37,8 +45,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STREAM_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-#: Environment variables holding RTSP credentials, read when a source is parsed.
+STREAM_ID_PATTERN = ID_RE  # the one id rule of pipeline.core.ids (no ":" or "@")
+#: Environment variables holding RTSP credentials, read when a source is parsed; they apply
+#: only to ``run``'s own command-line sources, never to streams from the control topic (those
+#: get the ``source.credentials`` entry of their host: ``pipeline.core.credentials``).
 ENV_RTSP_USERNAME = "ES_RTSP_USERNAME"
 ENV_RTSP_PASSWORD = "ES_RTSP_PASSWORD"
 ENV_RTSP_PASSWORD_FILE = "ES_RTSP_PASSWORD_FILE"
@@ -59,13 +69,27 @@ class SourceKind(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
-    """What to open. ``url`` may carry credentials and is never logged: use ``display``."""
+    """What to open. ``url`` may carry credentials and is never logged: use ``display``.
+    ``hosts``: the allow/deny policy checked at every connect (control-topic streams);
+    None for the operator's own sources."""
 
     url: str = field(repr=False)
     kind: SourceKind
     stream_id: str
     is_live: bool
     display: str
+    hosts: HostPolicy | None = field(default=None, repr=False, compare=False)
+
+
+#: FFmpeg protocols each kind of source may use (``protocol_whitelist``): nested opens (HLS
+#: segments and keys, redirects) are held to the same list, so that an HLS playlist cannot
+#: make the worker read ``file:`` or any other protocol.
+PROTOCOL_WHITELIST: dict[str, str] = {
+    "file": "file",
+    "rtsp": "rtsp,rtsps,rtp,srtp,udp,tcp,tls",
+    "http": "http,https,tcp,tls,crypto",
+    "rtmp": "rtmp,rtmps,tcp,tls",
+}
 
 
 class SourceState(enum.StrEnum):
@@ -161,31 +185,45 @@ def _kind_of(src: str) -> tuple[SourceKind, str]:
     return SourceKind.FILE, src
 
 
-def parse_source(src: str, stream_id: str | None = None) -> SourceSpec:
+def parse_source(
+    src: str,
+    stream_id: str | None = None,
+    *,
+    hosts: HostPolicy | None = None,
+    env_credentials: bool = True,
+) -> SourceSpec:
     """A ``SourceSpec`` for a file path, ``file://``, ``rtsp(s)://``, ``http(s)://`` or ``rtmp://`` URL.
 
-    RTSP URLs without userinfo get ``ES_RTSP_USERNAME`` / ``ES_RTSP_PASSWORD`` (or the
-    file named by ``ES_RTSP_PASSWORD_FILE``) when set; they are read here, on each call.
+    With ``env_credentials`` (``run``'s own command-line sources), RTSP URLs without userinfo
+    get ``ES_RTSP_USERNAME`` / ``ES_RTSP_PASSWORD`` (or the file named by
+    ``ES_RTSP_PASSWORD_FILE``) when set; they are read here, on each call. Streams from the
+    control topic pass ``env_credentials=False`` and ``hosts``: they get only the
+    ``source.credentials`` entry of their own host, at connect time, and only allowed hosts.
     """
     src = src.strip()
     if not src:
         raise ConfigError("empty source: give a file path or an rtsp:// / http(s):// URL")
     kind, url = _kind_of(src)
-    if kind is SourceKind.RTSP:
+    if kind is SourceKind.RTSP and env_credentials:
         url = _with_credentials(url)
     if kind is not SourceKind.FILE and not urlsplit(url).hostname:
         raise ConfigError(
             f"source {redact_url(src)}: the URL has no host: use scheme://host[:port]/path"
         )
     sid = stream_id if stream_id is not None else default_stream_id(kind, url)
-    if not STREAM_ID_PATTERN.match(sid):
-        raise ConfigError(
-            f"stream id {sid!r} for {redact_url(src)} is invalid: use 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit"
-        )
+    if (problem := id_problem("stream id", sid)) is not None:
+        raise ConfigError(f"{problem} (source {redact_url(src)})")
     is_live = kind is not SourceKind.FILE
     if kind is SourceKind.HTTP and Path(urlsplit(url).path).suffix.lower() in _MEDIA_SUFFIXES:
         is_live = False  # a video file served over HTTP
-    return SourceSpec(url=url, kind=kind, stream_id=sid, is_live=is_live, display=redact_url(url))
+    return SourceSpec(
+        url=url,
+        kind=kind,
+        stream_id=sid,
+        is_live=is_live,
+        display=redact_url(url),
+        hosts=hosts if kind is not SourceKind.FILE else None,
+    )
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -201,6 +239,10 @@ class _DroppedError(Exception):
 
 class _DoneError(Exception):
     """max_frames reached."""
+
+
+class FatalSourceError(SourceError):
+    """A source that must not be retried: its host is denied, its frames are too large."""
 
 
 def _capture_epoch() -> int:
@@ -356,6 +398,8 @@ class VideoSource:
         while not self._stop.is_set():
             try:
                 container, stream = self._open()
+            except FatalSourceError:
+                raise
             except SourceError as exc:
                 # never opened yet (camera down at start) or dropped: the same capped backoff
                 failures += 1
@@ -415,24 +459,61 @@ class VideoSource:
 
     def _av_options(self) -> dict[str, str]:
         s = self.settings
+        opts = {"protocol_whitelist": PROTOCOL_WHITELIST[self.spec.kind.value]}
         if self.spec.kind is SourceKind.RTSP:
-            return {
-                "rtsp_transport": str(s.rtsp_transport),
-                "timeout": str(int(s.read_timeout_s * 1e6)),
-            }
-        if self.spec.kind in (SourceKind.HTTP, SourceKind.RTMP):
-            return {"rw_timeout": str(int(s.read_timeout_s * 1e6))}
-        return {}
+            opts.update(
+                rtsp_transport=str(s.rtsp_transport), timeout=str(int(s.read_timeout_s * 1e6))
+            )
+        elif self.spec.kind in (SourceKind.HTTP, SourceKind.RTMP):
+            opts["rw_timeout"] = str(int(s.read_timeout_s * 1e6))
+        if self.spec.kind is SourceKind.HTTP and self.spec.hosts is not None:
+            # a redirect's target host could not be checked: control-topic streams follow none
+            opts["max_redirects"] = "0"
+        return opts
+
+    def _check_host(self) -> None:
+        """The host policy, at every connect: the name and every address it resolves to."""
+        policy = self.spec.hosts
+        if policy is None or self.spec.kind is SourceKind.FILE:
+            return
+        parts = urlsplit(self.spec.url)
+        host = parts.hostname or ""
+        try:
+            reason = policy.check(host, parts.port)
+        except (OSError, UnicodeError) as exc:  # DNS down or name unknown: retried like a refusal
+            raise SourceError(
+                f"{self.spec.display}: cannot resolve host {host} ({_why(exc)}): check the name"
+            ) from None
+        if reason is not None:
+            raise FatalSourceError(f"{self.spec.display}: {reason}")
+
+    def _open_url(self) -> str:
+        """The URL to connect to: with the ``source.credentials`` entry of its own host."""
+        try:
+            return with_credentials(self.spec.url, self.settings.credentials)
+        except ConfigError as exc:  # a missing variable or file: retried, it may appear
+            raise SourceError(f"{self.spec.display}: {exc}") from None
+
+    def _check_size(self, width: int, height: int) -> None:
+        limit = self.settings.max_pixels
+        if width * height > limit:
+            raise FatalSourceError(
+                f"{self.spec.display}: frames of {width}x{height} = {width * height} pixels are"
+                f" more than source.max_pixels={limit}: lower the camera's resolution or raise"
+                " source.max_pixels"
+            )
 
     def _open(self) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
         import av
 
         s = self.settings
+        self._check_host()
+        url = self._open_url()
         t0 = time.monotonic()
         accel = decode_options(s.decode, self.spec.display)  # NVDEC where present (hwaccel.py)
         try:
             container = av.open(
-                self.spec.url,
+                url,
                 mode="r",
                 options=self._av_options(),
                 timeout=(s.open_timeout_s, s.read_timeout_s),
@@ -448,6 +529,11 @@ class VideoSource:
                 f"{self.spec.display}: has no video stream: give a file or URL with video"
             )
         stream = container.streams.video[0]
+        try:
+            self._check_size(stream.codec_context.width or 0, stream.codec_context.height or 0)
+        except FatalSourceError:
+            container.close()
+            raise
         stream.thread_type = "AUTO"
         if self.spec.is_live:
             # A live demuxer (RTSP: one packet per slice) may split an access unit over several
@@ -479,7 +565,8 @@ class VideoSource:
             exc, av.error.HTTPUnauthorizedError | av.error.HTTPForbiddenError
         ) or "401" in str(exc):
             return SourceError(
-                f"{d}: unauthorized: check the credentials in the URL or {ENV_RTSP_USERNAME}/{ENV_RTSP_PASSWORD}"
+                f"{d}: unauthorized: check the credentials in the URL, the source.credentials"
+                f" entry of its host, or (run only) {ENV_RTSP_USERNAME}/{ENV_RTSP_PASSWORD}"
             )
         if isinstance(exc, av.error.HTTPNotFoundError) or "404" in str(exc):
             return SourceError(f"{d}: stream not found (404): check the path of the URL")
@@ -619,6 +706,8 @@ class VideoSource:
             raise _DoneError
         if self._stop.is_set():
             raise _StoppedError
+        if vf.width * vf.height > s.max_pixels:
+            self._check_size(vf.width, vf.height)
         frame_num = self._decoded
         now = time.time()
         with self._lock:
@@ -688,4 +777,4 @@ def _why(exc: BaseException, spec: SourceSpec | None = None) -> str:
     text = str(strerror) if strerror else str(exc) or type(exc).__name__
     if spec is not None and spec.url != spec.display:
         text = text.replace(spec.url, spec.display)
-    return " ".join(text.split())
+    return " ".join(redact_text(text).split())  # credentials added at connect: masked too

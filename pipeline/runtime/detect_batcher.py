@@ -111,6 +111,8 @@ class DetectBatcher:
             "mean_batch": round(self._frames / b, 3) if b else 0.0,
             "max_seen": self._max_seen,
             "run_ms_mean": round(1000 * self._run_s / b, 3) if b else 0.0,
+            # faces beyond detector.max_faces in a frame, not tracked (lowest scores)
+            "faces_capped": int(getattr(self.detector, "faces_capped", 0)),
         }
 
     def _loop(self) -> None:

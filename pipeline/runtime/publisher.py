@@ -8,6 +8,12 @@ the JSONL file flushed) and only then commits the cursor. A sink that fails is c
 (a fresh Kafka producer, a new Redis connection) and retried with capped backoff, from the
 same position: it falls behind on its own while the pipeline and the other sinks go on, and
 drains its backlog in log order (so in order per stream) when it is back.
+
+A delivery thread never stays dead: an unexpected error in it (not a sink failure, which is
+retried as above) is logged in one line and counted (``restarts``), and its loop starts again
+from the sink's committed position after the retry delay. Events a sink or the log rejected
+for good (a row that does not decode, a frame Redis can never apply) are counted per sink
+(``rejected``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,10 @@ class ChannelCounters:
     outages: list[float] = field(default_factory=list)
     last_error: str | None = None
     down_since: float | None = None
+    #: events the sink rejected for good (``Sink.take_rejected``, when it has one)
+    rejected: int = 0
+    #: times the delivery loop failed unexpectedly and was started again
+    restarts: int = 0
 
 
 class SinkChannel:
@@ -75,7 +85,33 @@ class SinkChannel:
         self.draining = threading.Event()
         self.abort = threading.Event()
         self.cursor = log.attach(self.name)
-        self.thread = threading.Thread(target=self._loop, name=f"sink-{self.name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
+
+    def _run(self) -> None:
+        """The thread: the delivery loop, started again (counted) whenever it fails."""
+        delay = self._settings.retry_initial_s
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception as exc:
+                with self._lock:
+                    self.counters.restarts += 1
+                    restarts = self.counters.restarts
+                logger.error(
+                    "sink %s: delivery thread failed (%s: %s); restarting it in %.1f s "
+                    "(restart %d, from event %d)",
+                    self.name,
+                    type(exc).__name__,
+                    str(exc).splitlines()[0][:200] if str(exc) else "",
+                    delay,
+                    restarts,
+                    self.cursor,
+                )
+                logger.debug("sink %s: delivery thread failure", self.name, exc_info=True)
+            if self.abort.wait(delay):
+                return
+            delay = min(delay * 2, self._settings.retry_max_s)
 
     def _loop(self) -> None:
         delay = self._settings.retry_initial_s
@@ -101,8 +137,10 @@ class SinkChannel:
             self._sink.write(events)
             self._sink.flush(self._flush_timeout)
         except Exception as exc:  # any sink failure: keep the cursor, retry later
+            self._take_rejected()
             self._failed(exc, len(events))
             return False
+        self._take_rejected()
         self._log.commit(self.name, rows[-1].seq)
         self.cursor = rows[-1].seq
         with self._lock:
@@ -115,6 +153,13 @@ class SinkChannel:
         if self._on_rows is not None:
             self._on_rows(rows)
         return True
+
+    def _take_rejected(self) -> None:
+        take = getattr(self._sink, "take_rejected", None)
+        if take is not None:
+            n = int(take())
+            with self._lock:
+                self.counters.rejected += n
 
     def _failed(self, exc: BaseException, n: int) -> None:
         with self._lock:
@@ -154,6 +199,8 @@ class SinkChannel:
                 "retried": c.retried,
                 "failures": c.failures,
                 "dropped": self._log.dropped.get(self.name, 0),
+                "rejected": self._log.rejected.get(self.name, 0) + c.rejected,
+                "restarts": c.restarts,
                 "down": c.down_since is not None,
                 "outages_s": list(c.outages),
                 "last_error": c.last_error,

@@ -18,6 +18,12 @@ and its own track keys instead of being skipped as a replay.
 Every key touched gets the idle TTL again. A frame whose frame_num is not above its stream's
 high-water mark is skipped, so replaying events (after a crash, or a whole file again with the
 same stream id and session) leaves every total unchanged.
+
+Session and stream ids follow the one id rule (``pipeline.core.ids``: no ``:``), so no two
+sessions share a key. The script checks every key's type before it writes anything and writes
+the high-water mark last: a frame it cannot apply (a key of another type, written by someone
+else) changes nothing and is rejected, like an event whose ids break the rule: one warning per
+session, counted (``take_rejected`` -> ``emotion_stream_sink_rejected_events``), not retried.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 from pipeline.core.config import RedisSettings
 from pipeline.core.errors import ConfigError, SinkError
 from pipeline.core.events import parse_rfc3339, rfc3339
+from pipeline.core.ids import id_problem, shown
 from pipeline.core.redact import redact_url
 from pipeline.core.types import EMOTIONS
 
@@ -138,8 +145,20 @@ def frame_payloads(events: Sequence[dict[str, Any]]) -> list[tuple[str, str, int
     return [(s, st, f, p) for (s, st, f), p in groups.items()]
 
 
+#: Redis errors that a retry cannot cure: the frame is rejected (counted) instead of retried.
+_PERMANENT_ERRORS = ("WRONGTYPE", "not an integer", "not a valid float")
+#: Sessions whose first rejection was logged; cleared when it grows past this.
+_MAX_WARNED = 1000
+
+Item = tuple[str, str, int, dict[str, Any]]
+
+
 class RedisAggregateSink:
-    """Applies each frame's face events with one EVALSHA; one round trip per ``write``."""
+    """Applies each frame's face events with one EVALSHA; one round trip per ``write``.
+
+    A frame that can never apply (an id outside the id rule, a key of another type than the
+    script writes, a field that is not a number) is rejected: one warning per session, counted
+    in ``rejected_events`` (``take_rejected``), not retried; the replay guard does not move."""
 
     def __init__(self, settings: RedisSettings) -> None:
         if not settings.url:
@@ -151,11 +170,14 @@ class RedisAggregateSink:
             settings.url, settings.secret(), socket_timeout_s=settings.socket_timeout_s
         )
         self._script = self._client.register_script(load_script())
-        self._pending: list[tuple[str, str, int, dict[str, Any]]] = []
+        self._pending: list[Item] = []
         self._lost = 0
         self.applied_faces = 0
+        self.rejected_events = 0
+        self._unread_rejected = 0
+        self._warned: set[str] = set()
 
-    def _call_args(self, item: tuple[str, str, int, dict[str, Any]]) -> tuple[list[str], list[Any]]:
+    def _call_args(self, item: Item) -> tuple[list[str], list[Any]]:
         session, stream, _, payload = item
         base = session_key(self.prefix, session)
         keys = [base, f"{base}:tracks", f"{base}:hwm"]
@@ -169,6 +191,13 @@ class RedisAggregateSink:
         if self._client is None:
             raise SinkError(f"{self.name} is closed")
         for item in frame_payloads(events):
+            faces = len(item[3]["faces"])
+            problem = id_problem("session id", item[0]) or id_problem(
+                "stream id", split_scope(item[1])[0]
+            )
+            if problem is not None:
+                self._reject(item[0], item[1], item[2], faces, problem)
+                continue
             self._pending.append((item[0], item[1], item[2], self._encode(item)))
         overflow = len(self._pending) - MAX_PENDING_FRAMES
         if overflow > 0:
@@ -176,9 +205,9 @@ class RedisAggregateSink:
             self._lost += overflow
         self._drain()
 
-    def _encode(self, item: tuple[str, str, int, dict[str, Any]]) -> dict[str, Any]:
+    def _encode(self, item: Item) -> dict[str, Any]:
         keys, args = self._call_args(item)
-        return {"keys": keys, "args": args}
+        return {"keys": keys, "args": args, "faces": len(item[3]["faces"])}
 
     def _drain(self) -> None:
         if not self._pending:
@@ -189,14 +218,61 @@ class RedisAggregateSink:
         for *_, call in self._pending:
             self._script(keys=call["keys"], args=call["args"], client=pipe)
         try:
-            results = pipe.execute()
+            results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
             raise SinkError(
                 f"Redis at {redact_url(self.settings.url or '')}: {len(self._pending)} frames not "
                 f"applied yet ({exc}); they are retried on the next write"
             ) from exc
-        self.applied_faces += sum(int(r) for r in results)
-        self._pending.clear()
+        self._settle(list(zip(self._pending, results, strict=True)))
+
+    def _settle(self, outcomes: list[tuple[Item, Any]]) -> None:
+        """Count applied frames, reject the ones that can never apply, keep the rest."""
+        retry: list[Item] = []
+        first_error: Exception | None = None
+        for item, result in outcomes:
+            session, stream, frame, call = item
+            if isinstance(result, int):
+                self.applied_faces += result
+            elif isinstance(result, list):  # {"wrongtype", key, type}: nothing was written
+                key, kind = (_text(v) for v in result[1:3])
+                reason = f"key {key} is a {kind}, not what the aggregates need"
+                self._reject(session, stream, frame, call["faces"], reason)
+            elif isinstance(result, Exception) and _permanent(result):
+                self._reject(session, stream, frame, call["faces"], _first_line(result))
+            else:
+                retry.append(item)
+                first_error = first_error or _as_error(result)
+        self._pending = retry
+        if retry:
+            raise SinkError(
+                f"Redis at {redact_url(self.settings.url or '')}: {len(retry)} frames not "
+                f"applied yet ({_first_line(first_error)}); they are retried on the next write"
+            )
+
+    def _reject(self, session: str, stream: str, frame: int, faces: int, reason: str) -> None:
+        self.rejected_events += faces
+        self._unread_rejected += faces
+        if session in self._warned:
+            logger.debug("redis sink: frame %d of %s rejected: %s", frame, stream, reason)
+            return
+        if len(self._warned) >= _MAX_WARNED:
+            self._warned.clear()
+        self._warned.add(session)
+        logger.warning(
+            "redis sink: frame %d of stream %s in session %s rejected (%s): not applied and "
+            "not retried, the replay guard is unchanged; further rejections of this session are "
+            "only counted (emotion_stream_sink_rejected_events)",
+            frame,
+            shown(stream),
+            shown(session),
+            reason,
+        )
+
+    def take_rejected(self) -> int:
+        """Events rejected since the last call (the delivery thread adds them to its count)."""
+        n, self._unread_rejected = self._unread_rejected, 0
+        return n
 
     def flush(self, timeout: float | None = None) -> None:
         if self._client is None:
@@ -213,6 +289,28 @@ class RedisAggregateSink:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else ""
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def _permanent(exc: Exception) -> bool:
+    import redis
+
+    text = str(exc)
+    return isinstance(exc, redis.ResponseError) and any(p in text for p in _PERMANENT_ERRORS)
+
+
+def _as_error(result: Any) -> Exception:
+    if isinstance(result, Exception):
+        return result
+    return SinkError(f"unexpected script result {_text(result)[:100]}")
 
 
 def _floats(raw: dict[str, str], field: str) -> float:

@@ -160,6 +160,9 @@ class FaceDetector:
             logger.info("TensorRT detector: frames letterboxed into %s", settings.input_size)
             self.settings = settings.model_copy(update={"fit_aspect": False})
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        #: faces beyond ``max_faces`` in a frame, dropped (the lowest-scoring ones)
+        self.faces_capped = 0
         self._centres: dict[tuple[int, int, int], npt.NDArray[np.float32]] = {}
         self.batched = bool(getattr(self._model, "batched", False)) and _dynamic_batch(
             self._model.session
@@ -249,13 +252,27 @@ class FaceDetector:
         if kps is None:
             kps = _box_keypoints(det[:, :4])
         wh = np.minimum(det[:, 2] - det[:, 0], det[:, 3] - det[:, 1])
-        keep = wh >= self.settings.min_face_px
+        keep = np.flatnonzero(wh >= self.settings.min_face_px)
+        keep, capped = cap_faces(keep, det[keep, 4], self.settings.max_faces)
+        if capped:
+            with self._count_lock:
+                self.faces_capped += capped
         return Faces.create(det[keep, :4], det[keep, 4], kps[keep])
 
     def reference(self, image: npt.NDArray[np.uint8]) -> tuple[Any, Any]:
         """InsightFace's own per-image ``SCRFD.detect`` at this detector's canvas (for tests)."""
         with self._lock:
             return self._model.detect(image, input_size=canvas_size(image.shape[:2], self.settings))
+
+
+def cap_faces(
+    keep: npt.NDArray[np.int64], scores: npt.NDArray[np.float32], limit: int
+) -> tuple[npt.NDArray[np.int64], int]:
+    """At most ``limit`` of the indices ``keep`` (``scores`` theirs): the highest-scoring ones,
+    in score order when cut; and how many were cut."""
+    if len(keep) <= limit:
+        return keep, 0
+    return keep[np.argsort(-scores, kind="stable")[:limit]], len(keep) - limit
 
 
 def _check_image(image: Any) -> None:

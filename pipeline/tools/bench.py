@@ -137,7 +137,8 @@ class _Watcher(threading.Thread):
 
         while not self.halt.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=5) as r:
+                # The bench's own view on loopback (http://127.0.0.1:PORT/...), built here.
+                with urllib.request.urlopen(self.url, timeout=5) as r:  # nosec B310
                     while not self.halt.is_set():
                         chunk = r.read1(65536)
                         if not chunk:
@@ -182,7 +183,11 @@ def _start_view(
         return None
     from pipeline.control.web import start_view
 
-    view = start_view(worker, settings.view)
+    need = len(ids) * watchers  # the bench's own watchers must fit under the cap
+    view_settings = settings.view
+    if need > view_settings.max_watchers:
+        view_settings = view_settings.model_copy(update={"max_watchers": need})
+    view = start_view(worker, view_settings, web=settings.web)
     bench_view = _BenchView(view, [])
     bench_view.watchers = [
         _Watcher(f"{view.url}streams/{sid}/preview.mjpg", bench_view.halt)

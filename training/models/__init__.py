@@ -70,9 +70,8 @@ def _resnet(depth: int) -> Callable[[TrainConfig, int], nn.Module]:
 
 
 def _mini_xception(cfg: TrainConfig, size: int) -> nn.Module:
-    import torch
-
     from training.models.mini_xception import MiniXception
+    from training.safe_load import load_weights
 
     model = MiniXception(input_size=size)
     if cfg.pretrained == NO_WEIGHTS:
@@ -91,7 +90,7 @@ def _mini_xception(cfg: TrainConfig, size: int) -> nn.Module:
         if not path.is_file():
             logger.warning("mini_xception: weights %s not found; training from random init", path)
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_weights(path, "pretrained weights", "pass 'fer' or a run's checkpoint")
             state = state.get("model", state) if isinstance(state, dict) else state
             try:
                 model.load_state_dict(state)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import ModelError
+from training.safe_load import load_weights
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +149,7 @@ def load_torchvision_weights(model: ResNet, path: Path) -> int:
     """Load a torchvision-format state dict (ImageNet) except its ``fc``; returns tensors loaded.
 
     ``ModelError`` if the file is unreadable or its keys/shapes do not match this ResNet."""
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(
-            f"cannot read pretrained weights {path} ({exc}): pass a torchvision-format .pth state dict"
-        ) from exc
+    state = load_weights(path, "pretrained weights", "pass a torchvision-format .pth state dict")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

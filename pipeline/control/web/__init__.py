@@ -10,12 +10,12 @@ from typing import Any
 from pipeline.control.web.app import CheckFn, ViewContext, create_app
 from pipeline.control.web.live import LiveStats
 from pipeline.control.web.preview import PreviewHub
-from pipeline.control.web.server import WebServer, parse_http
-from pipeline.core.config import RedisSettings, ViewSettings
+from pipeline.control.web.server import WebServer, check_http_settings, parse_http
+from pipeline.core.config import RedisSettings, ViewSettings, WebSettings
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["WebView", "start_view"]
+__all__ = ["WebView", "check_http_settings", "start_view"]
 
 
 class WebView:
@@ -49,9 +49,11 @@ def start_view(
     healthz: CheckFn | None = None,
     readyz: CheckFn | None = None,
     metrics: Callable[[], bytes] | None = None,
+    web: WebSettings | None = None,
 ) -> WebView:
     """Serve the view of ``worker`` (a ``pipeline.runtime.worker.Worker``) on
-    ``settings.http``; call before adding streams so that each stream reports to the view."""
+    ``settings.http``; call before adding streams so that each stream reports to the view.
+    ``web``: login, TLS and allowed hosts (default: none, which allows loopback only)."""
     if not settings.http:
         raise ValueError("start_view needs settings.http")
     host, port = parse_http(settings.http)
@@ -75,7 +77,7 @@ def start_view(
     if readyz is not None:
         ctx.readyz = readyz
     try:
-        server = WebServer(create_app(ctx), host, port, name="view").start()
+        server = WebServer(create_app(ctx), host, port, name="view", web=web).start()
     except BaseException:
         hub.close()
         if client is not None:

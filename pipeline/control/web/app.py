@@ -17,14 +17,18 @@ from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
+from pipeline.control.web.guard import cut
 from pipeline.control.web.live import LiveStats
 from pipeline.control.web.preview import EMOTION_COLORS, PreviewHub, css_color
 from pipeline.core.config import ViewSettings
+from pipeline.core.ids import id_problem
 from pipeline.core.types import EMOTIONS
 
 logger = logging.getLogger(__name__)
@@ -50,10 +54,44 @@ class ViewContext:
     redis: Any = None
     redis_prefix: str = "es"
     closing: threading.Event = field(default_factory=threading.Event)
+    #: preview.mjpg answers being streamed now (all streams); capped by settings.max_watchers
+    watching: int = 0
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _unknown_stream(sid: str) -> JSONResponse:
+    return _error(404, f"unknown stream {cut(sid)!r}: see /api/streams for this worker's streams")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own errors (unknown path, wrong method) as JSON."""
+    code = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+    return _error(code, f"{cut(str(detail))}: {cut(request.url.path)}")
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: logged once, answered as JSON without a traceback."""
+    logger.error("view: %s %s failed: %r", request.method, cut(request.url.path), exc)
+    return _error(500, "internal error: see the worker's log")
+
+
+class WatchedStream(StreamingResponse):
+    """A preview.mjpg answer that holds one watcher slot and gives it back when the answer
+    ends for any reason (client gone, view closing, error)."""
+
+    def __init__(self, content: Any, release: Callable[[], None], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _static(name: str) -> str:
@@ -115,34 +153,54 @@ def create_app(view: ViewContext) -> Starlette:
     async def snapshot(request: Request) -> Response:
         sid = request.path_params["stream_id"]
         if known(sid) is None:
-            return _error(
-                404, f"unknown stream {sid!r}: see /api/streams for this worker's streams"
-            )
+            return _unknown_stream(sid)
         data = await asyncio.get_running_loop().run_in_executor(hub.executor, hub.jpeg, sid)
         if data is None:
-            return _error(503, f"stream {sid!r} has no processed frame yet: retry in a moment")
+            return _error(503, f"stream {cut(sid)!r} has no processed frame yet: retry in a moment")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def preview(request: Request) -> Response:
         sid = request.path_params["stream_id"]
         if known(sid) is None:
+            return _unknown_stream(sid)
+        cap = view.settings.max_watchers
+        if view.watching >= cap:
             return _error(
-                404, f"unknown stream {sid!r}: see /api/streams for this worker's streams"
+                503,
+                f"{cap} previews are being watched already (view.max_watchers): retry later",
+                {"Retry-After": "10"},
             )
-        return StreamingResponse(
+        view.watching += 1
+        hub.watchers[sid] = hub.watchers.get(sid, 0) + 1
+
+        def release() -> None:
+            view.watching -= 1
+            hub.watchers[sid] -= 1
+
+        return WatchedStream(
             _mjpeg(view, sid),
+            release,
             media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             headers={"Cache-Control": "no-store"},
         )
 
     def session_data(sid: str) -> tuple[int, dict[str, Any]]:
-        from pipeline.sinks.redis_agg import read_minutes, read_session, read_tracks
-
+        if (problem := id_problem("session id", sid)) is not None:
+            return 400, {"error": problem}
         if view.redis is None:
             return 503, {"error": "no Redis sink: start the worker with --redis URL for sessions"}
+        try:
+            return _session_body(sid)
+        except Exception as exc:  # Redis down or a key not ours: an answer, never a 500
+            logger.warning("session %s: reading Redis failed: %s", sid, str(exc)[:200])
+            return 503, {"error": "reading the session from Redis failed: retry later"}
+
+    def _session_body(sid: str) -> tuple[int, dict[str, Any]]:
+        from pipeline.sinks.redis_agg import read_minutes, read_session, read_tracks
+
         agg = read_session(view.redis, view.redis_prefix, sid)
         if not agg["frames"] and not agg["faces"]:
-            return 404, {"error": f"unknown session {sid!r}: no aggregates in Redis"}
+            return 404, {"error": f"unknown session {cut(sid)!r}: no aggregates in Redis"}
         agg["minutes"] = read_minutes(view.redis, view.redis_prefix, sid)
         agg["track_list"] = read_tracks(view.redis, view.redis_prefix, sid)[:200]
         return 200, agg
@@ -172,7 +230,12 @@ def create_app(view: ViewContext) -> Starlette:
         ),
         *health_routes(view.healthz, view.readyz, view.metrics),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers=json_errors())
+
+
+def json_errors() -> dict[Any, Any]:
+    """Exception handlers that answer unknown paths, wrong methods and failures as JSON."""
+    return {404: _http_error, 405: _http_error, Exception: _server_error}
 
 
 async def _mjpeg(view: ViewContext, sid: str) -> AsyncIterator[bytes]:
@@ -181,18 +244,16 @@ async def _mjpeg(view: ViewContext, sid: str) -> AsyncIterator[bytes]:
     hub = view.hub
     period = 1.0 / view.settings.preview_fps
     loop = asyncio.get_running_loop()
-    hub.watchers[sid] = hub.watchers.get(sid, 0) + 1
     last: bytes | None = None
-    try:
-        while not view.closing.is_set():
-            data = await loop.run_in_executor(hub.executor, hub.jpeg, sid)
-            if data is not None and data is not last:
-                last = data
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
-                yield head.encode() + data + b"\r\n"
-            await asyncio.sleep(period)
-    finally:
-        hub.watchers[sid] -= 1
+    while not view.closing.is_set():
+        data = await loop.run_in_executor(hub.executor, hub.jpeg, sid)
+        if data is not None and data is not last:
+            last = data
+            head = (
+                f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+            )
+            yield head.encode() + data + b"\r\n"
+        await asyncio.sleep(period)
 
 
 def health_routes(

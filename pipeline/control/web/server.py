@@ -10,6 +10,9 @@ import socket
 import threading
 from typing import Any
 
+from pipeline.control.web.auth import TlsFiles, load_web_config
+from pipeline.control.web.guard import GuardMiddleware, check_bind, make_guard
+from pipeline.core.config import WebSettings, WorkerSettings
 from pipeline.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +27,21 @@ def parse_http(value: str) -> tuple[str, int]:
     if not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"--http {value!r}: expected HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
+
+
+def check_http_settings(settings: WorkerSettings, metrics_port: bool = False) -> None:
+    """The bind rule and the web config of the HTTP ports ``settings`` open (the view; with
+    ``metrics_port``, the worker's metrics port too), checked before anything slow starts."""
+    web = settings.web
+    hosts = []
+    if settings.view.http:
+        hosts.append((parse_http(settings.view.http)[0], "--http"))
+    if metrics_port and settings.metrics.port >= 0:
+        hosts.append((settings.metrics.host, "--metrics-host"))
+    for host, flag in hosts:
+        check_bind(host, web, flag)
+    if hosts and web.config is not None:
+        load_web_config(web.config)
 
 
 def bind(host: str, port: int, flag: str = "--http") -> socket.socket:
@@ -57,21 +75,37 @@ def bind_error(host: str, port: int, exc: OSError, flag: str) -> str:
 
 
 class WebServer:
-    """``start()`` serves ``app`` from a daemon thread; ``close()`` stops it within seconds."""
+    """``start()`` serves ``app`` from a daemon thread; ``close()`` stops it within seconds.
+
+    ``web`` (default: no web config, loopback only) decides who may use it: the bind rule,
+    the Host allow-list, basic auth and TLS (``pipeline.control.web.guard``); every answer
+    carries the security headers."""
 
     def __init__(
-        self, app: Any, host: str, port: int, name: str = "web", flag: str = "--http"
+        self,
+        app: Any,
+        host: str,
+        port: int,
+        name: str = "web",
+        flag: str = "--http",
+        web: WebSettings | None = None,
     ) -> None:
         import uvicorn
 
+        host_flag = "--metrics-host" if flag == "--metrics-port" else flag
+        self.guard = make_guard(host, web or WebSettings(), host_flag)
+        tls = self.guard.config.tls if self.guard.config is not None else None
         self._sock = bind(host, port, flag)
         self.host = host
+        self.scheme = "https" if tls is not None else "http"
         config = uvicorn.Config(
-            app,
+            GuardMiddleware(app, self.guard),
             log_level="warning",
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,
+            server_header=False,
+            **_tls_options(tls),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name=f"{name}-http", daemon=True)
@@ -83,7 +117,7 @@ class WebServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/"
+        return f"{self.scheme}://{host}:{self.port}/"
 
     def _serve(self) -> None:
         try:
@@ -99,3 +133,14 @@ class WebServer:
         self._server.should_exit = True
         self._thread.join(timeout)
         self._sock.close()
+        self.guard.close()
+
+
+def _tls_options(tls: TlsFiles | None) -> dict[str, Any]:
+    """uvicorn's ssl_* options for ``tls`` (none for plain HTTP)."""
+    if tls is None:
+        return {}
+    opts: dict[str, Any] = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+    if tls.client_ca_file is not None:
+        opts.update(ssl_ca_certs=str(tls.client_ca_file), ssl_cert_reqs=tls.client_cert_reqs)
+    return opts
