@@ -35,7 +35,7 @@ from pipeline.control.streams import (
     StreamRecord,
     check_record,
 )
-from pipeline.core.config import HostCredentials, KafkaSettings, SourceSettings
+from pipeline.core.config import DropPolicy, HostCredentials, KafkaSettings, SourceSettings
 from pipeline.core.config_load import dump_settings, load_settings
 from pipeline.core.credentials import entry_for, normalise_host_key, with_credentials
 from pipeline.core.errors import ConfigError
@@ -43,6 +43,8 @@ from pipeline.core.hosts import HostPolicy
 from pipeline.core.redact import redact_text
 from pipeline.media.sources import SourceState, VideoSource, parse_source
 from tests.servers import wait_until
+from tests.test_control import FakeSpec
+from tests.test_control import _runner as control_runner
 
 # --------------------------------------------------------------------------- helpers
 
@@ -73,23 +75,8 @@ class FakeHost:
         return list(self.running)
 
 
-@dataclass(frozen=True)
-class FakeSpec:
-    url: str
-    stream_id: str
-
-
 def _runner(media_root: Path | None = None, **gs: Any) -> GroupRunner:
-    r = GroupRunner(
-        FakeHost(),
-        KafkaSettings(bootstrap="127.0.0.1:1"),
-        GroupSettings(**gs),
-        "w-test",
-        media_root,
-        SourceSettings(),
-        Metrics(),
-        make_spec=FakeSpec,
-    )
+    r = control_runner(FakeHost(), media_root, **gs)  # type: ignore[arg-type]
     r._on_assigned({0})
     return r
 
@@ -403,14 +390,18 @@ def hls(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
 
 
 def _live(**kw: Any) -> SourceSettings:
+    # `block`: a slow consumer (a loaded machine) must not make frame counts vary.
     base = {"open_timeout_s": 3.0, "read_timeout_s": 3.0, "reconnect_initial_s": 0.1}
-    return SourceSettings(**{**base, **kw})
+    return SourceSettings(**{**base, "drop_policy": DropPolicy.BLOCK, **kw})
 
 
 def _until_done(src: VideoSource, timeout: float = 20.0) -> int:
+    """Frames taken until the source ends, the queue drained after it ended included."""
     n, deadline = 0, time.monotonic() + timeout
     while time.monotonic() < deadline and not src.ended:
         n += src.get(timeout=0.05) is not None
+    while src.get(timeout=0.05) is not None:
+        n += 1
     src.stop()
     return n
 
