@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,12 @@ def test_metrics_per_sink_pending_and_retried(tmp_path: Path) -> None:
     text = Metrics(lambda: WorkerStats("w", sinks=pub.stats().sinks)).render().decode()
     assert 'emotion_stream_sink_pending_events{sink="kafka:events"} 2.0' in text
     assert 'emotion_stream_sink_delivered_events_total{sink="kafka:events"} 0.0' in text
-    assert 'emotion_stream_sink_retried_events_total{sink="kafka:events"}' in text
+    retried = re.search(
+        r'emotion_stream_sink_retried_events_total\{sink="kafka:events"\} (\S+)', text
+    )
+    assert retried, text
+    # both events failed more than once in 0.3 s of 0.01-0.02 s backoff: the counter moved
+    assert float(retried.group(1)) >= 4, retried.group(0)
     assert "emotion_stream_sink_oldest_pending_age_seconds" in text
     with pytest.raises(SinkError, match="kafka:events: 2"):
         pub.close(timeout=0.1)

@@ -188,8 +188,8 @@ def _schema_objects(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
 def _assert_record_matches(
     record: type, node: dict[str, Any], defs: dict[str, Any], at: str
 ) -> None:
-    """Field names and required-ness of a TypedDict equal a schema object's; nested TypedDicts
-    are compared with their nested objects."""
+    """Field names, required-ness and value types of a TypedDict equal a schema object's;
+    nested TypedDicts are compared with their nested objects."""
     import typing
 
     node = _schema_objects(node, defs)
@@ -197,10 +197,61 @@ def _assert_record_matches(
     assert node.get("additionalProperties") is False, at
     assert set(record.__annotations__) == set(props), at  # type: ignore[attr-defined]
     assert record.__required_keys__ == set(node["required"]), at  # type: ignore[attr-defined]
-    hints = typing.get_type_hints(record)
-    for name, hint in hints.items():
-        if typing.is_typeddict(hint):
-            _assert_record_matches(hint, props[name], defs, f"{at}/{name}")
+    for name, hint in typing.get_type_hints(record).items():
+        _assert_value_matches(hint, props[name], defs, f"{at}/{name}")
+
+
+#: The JSON type each Python type of a record field is written as.
+_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+def _schema_types(node: dict[str, Any]) -> set[str]:
+    kinds = node.get("type", [])
+    return {kinds} if isinstance(kinds, str) else set(kinds)
+
+
+def _assert_value_matches(hint: Any, node: dict[str, Any], defs: dict[str, Any], at: str) -> None:
+    """One field's Python type against its schema node: JSON types (``float`` is ``number``,
+    ``int`` is ``integer``, ``X | None`` adds ``null``), ``Literal`` against ``const``, label
+    enums against EMOTIONS, list items and dict values element by element."""
+    import types
+    import typing
+
+    node = _schema_objects(node, defs)
+    args = typing.get_args(hint)
+    if typing.is_typeddict(hint):
+        _assert_record_matches(hint, node, defs, at)
+    elif isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        assert type(None) in args and len(args) == 2, f"{at}: only X | None is mapped"
+        (inner,) = (a for a in args if a is not type(None))
+        if "anyOf" in node:  # dominant: a label or null
+            branches = [_schema_objects(b, defs) for b in node["anyOf"]]
+            assert [_schema_types(b) for b in branches].count({"null"}) == 1, at
+            (rest,) = (b for b in branches if _schema_types(b) != {"null"})
+            _assert_value_matches(inner, rest, defs, at)
+        else:
+            assert "null" in _schema_types(node), f"{at}: {hint} but the schema has no null"
+            _assert_value_matches(
+                inner, node | {"type": sorted(_schema_types(node) - {"null"})}, defs, at
+            )
+    elif typing.get_origin(hint) is typing.Literal:
+        assert [node.get("const")] == list(args), f"{at}: {hint} vs {node}"
+    elif typing.get_origin(hint) is list:
+        assert _schema_types(node) == {"array"}, f"{at}: {hint} vs {node}"
+        _assert_value_matches(args[0], node["items"], defs, f"{at}[]")
+    elif typing.get_origin(hint) is dict:  # probs, emotion counts: one key per emotion
+        assert _schema_types(node) == {"object"} and args[0] is str, f"{at}: {hint} vs {node}"
+        assert node.get("additionalProperties") is False, at
+        assert list(node["required"]) == list(EMOTIONS) == list(node["properties"]), at
+        for key, value in node["properties"].items():
+            _assert_value_matches(args[1], value, defs, f"{at}/{key}")
+    elif "enum" in node:  # an emotion label
+        assert hint is str and "type" not in node, f"{at}: {hint} vs {node}"
+        assert list(node["enum"]) == list(EMOTIONS), at
+    elif "const" in node:  # the schema id
+        assert hint is str and node["const"] == ev.SCHEMA_ID, f"{at}: {hint} vs {node}"
+    else:
+        assert _schema_types(node) == {_JSON_TYPES[hint]}, f"{at}: {hint} vs {node}"
 
 
 @pytest.mark.parametrize("kind", ev.EVENT_TYPES)

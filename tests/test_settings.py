@@ -6,6 +6,7 @@ Unit tests, no servers: settings are built the way the CLI builds them (``build_
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -58,6 +59,8 @@ MATRIX = [
     ("kafka.topic", "ES_KAFKA_TOPIC", "--topic", "env-topic", "file-topic", "flag-topic"),
     ("redis.url", "ES_REDIS_URL", "--redis", "redis://e:1/0", "redis://f:1/0", "redis://g:1/0"),
     ("metrics.port", "ES_METRICS_PORT", "--metrics-port", "9200", 9300, "9400"),
+    # two values only: env and flag share one, so the flag-over-env step below sets the env
+    # to the file's value (default cooperative -> env eager -> file cooperative -> flag eager)
     ("group.assignor", "ES_GROUP_ASSIGNOR", "--assignor", "eager", "cooperative", "eager"),
     ("session_id", "ES_SESSION_ID", "--session", "env-s", "file-s", "flag-s"),
 ]
@@ -82,11 +85,18 @@ def test_settings_precedence_flag_over_file_over_env_over_default(
     def effective(*argv: str) -> str:
         return str(_get(settings_from_args(_args("config", "show", *argv)), path))
 
+    steps = [str(default), *(str(field_type(v)) for v in (env_v, file_v, flag_v))]
+    assert all(a != b for a, b in itertools.pairwise(steps)), f"{path}: a step cannot fail"
+
     assert effective() == str(default)
     monkeypatch.setenv(env, env_v)
     assert effective() == str(field_type(env_v))
     assert effective("--config", str(cfg)) == str(field_type(file_v))
     assert effective("--config", str(cfg), flag, flag_v) == str(field_type(flag_v))
+    # flag over env alone: the env holds the file's value, which every row sets unlike the
+    # flag's, so this step fails if the flag is ignored (env_v may equal flag_v: assignor)
+    monkeypatch.setenv(env, str(file_v))
+    assert str(field_type(file_v)) != str(field_type(flag_v))
     assert effective(flag, flag_v) == str(field_type(flag_v))
 
 

@@ -4,9 +4,11 @@ starts itself (tansu with S3 storage on a local moto server when ``moto`` is ins
 so a broker restart keeps its data; redis-server with an append-only file).
 
 It reports, as JSON: events accepted, delivered per sink, lost per sink (accepted ids
-missing from Kafka, faces missing from the Redis totals: must be 0), each outage with its
-recovery time (from the end of the outage until the sink has no event older than 2 s
-pending), and the worker's RSS over time.
+missing from Kafka, faces missing from the Redis totals: must be 0), each outage with how
+long its sink was down as the worker measured it (``sink_down_s``; null: the fault never
+made the sink fail, so it proved nothing) and, for a sink that was down, its recovery time
+(from the end of the outage until the sink has no event older than 2 s pending), and the
+worker's RSS over time.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Outage:
     fault: Fault
     start_s: float
     end_s: float = 0.0
+    #: the sink's outages the worker recorded for this fault, summed; None: never down
+    sink_down_s: float | None = None
     recovery_s: float | None = None
 
 
@@ -110,6 +114,10 @@ def _recovered(worker: Any, sink: str) -> bool:
     return not d.get("down", True) and d.get("oldest_pending_age_s", 1e9) < 2.0
 
 
+def _sink_outages(worker: Any, sink: str) -> list[float]:
+    return list(worker.stats().sinks.get(sink, {}).get("outages_s", []))
+
+
 def run_faults(
     worker: Any, servers: Servers, plan: SoakPlan, stop: threading.Event, t0: float
 ) -> list[Outage]:
@@ -121,14 +129,17 @@ def run_faults(
         if stop.wait(max(t0 + gap * (i + 1) - plan.outage_s / 2 - time.monotonic(), 0)):
             break
         outage = Outage(fault, round(time.monotonic() - t0, 1))
+        _, sink = servers.sink_of(fault)
+        known = len(_sink_outages(worker, sink))
         logger.warning("soak: %s for %.0f s", fault.value, plan.outage_s)
         inject(servers, fault, plan.outage_s, stop)
         end = time.monotonic()
         outage.end_s = round(end - t0, 1)
-        _, sink = servers.sink_of(fault)
         while not stop.is_set() and not _recovered(worker, sink):
             time.sleep(0.2)
-        if not stop.is_set():
+        down = _sink_outages(worker, sink)[known:]  # recorded when the sink delivers again
+        outage.sink_down_s = round(sum(down), 2) if down else None
+        if not stop.is_set() and down:  # recovery means something only for a sink that was down
             outage.recovery_s = round(time.monotonic() - end, 2)
         outages.append(outage)
     return outages
@@ -238,6 +249,7 @@ def run_soak(clip: Path, models: Path, plan: SoakPlan) -> dict[str, Any]:
             "events_accepted": accepted,
             "delivered": {n: d["delivered"] for n, d in sinks.items()},
             "retried": {n: d["retried"] for n, d in sinks.items()},
+            "sink_outages_s": {n: d["outages_s"] for n, d in sinks.items()},
             "dropped": {n: d["dropped"] for n, d in sinks.items()},
             "pending_at_end": {n: d["pending"] for n, d in sinks.items()},
             **verify(work, servers),
