@@ -9,7 +9,7 @@ MODELS := models
 OUT := out
 VIEW ?= 127.0.0.1:8080
 
-.PHONY: all setup system models sample demo view test lint typecheck unit bench bench-peer lock test-latest clean
+.PHONY: all setup system models sample demo view test lint typecheck unit bench bench-peer lock test-latest mutation clean
 
 all: test
 
@@ -24,7 +24,7 @@ LATEST := .venv-latest
 # ship (weights, face photos), outside site-packages (pipeline/core/packages.py finds them).
 $(STAMPS)/venv: $(LOCK) $(DATA_LOCK)
 	@mkdir -p $(STAMPS)
-	rm -rf $(VENV) $(STAMPS)/project
+	rm -rf $(VENV) $(STAMPS)/project $(STAMPS)/mutation
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --require-hashes -r $(LOCK)
 	$(PY) -m pip install -q --no-deps --require-hashes --upgrade --target $(DATA_PKGS) -r $(DATA_LOCK)
@@ -105,6 +105,16 @@ test-latest: system models
 	$(LATEST)/bin/python requirements/drift.py $(LOCK)
 	$(LATEST)/bin/pip check
 	ES_UNLOCKED_VENV=1 $(LATEST)/bin/pytest -q
+
+# Mutation testing of the delivery and tracking paths (not part of `make test`: too slow).
+$(STAMPS)/mutation: $(STAMPS)/project requirements/mutation.txt
+	$(PY) -m pip install -q --require-hashes -r requirements/mutation.txt
+	@touch $@
+
+mutation: $(STAMPS)/mutation system models
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children $${MUTATION_JOBS:-2}
+	$(PY) tests/mutation_report.py --fail-under $${MUTATION_FAIL_UNDER:-0}
 
 clean:
 	rm -rf $(STAMPS) $(OUT) $(LATEST) .pytest_cache .mypy_cache .ruff_cache

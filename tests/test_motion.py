@@ -150,9 +150,13 @@ def test_interval_tracker_face_leaving_frame_does_not_keep_detector_running(
     # slides out of the right edge by frame 5, then stays gone
     scene.places = {i: [(SIZE[0] - FACE - 10 + 30 * i, 100)] for i in range(5)}
     it = _tracker(every=30, mode=IntervalMode.AUTO, max_age=12)
-    reasons = [it.step(scene.image(i), scene.detect).reason for i in range(14)]
-    # one look after flow lost it (the frame it left), then not on every frame until it ends
-    assert reasons.count("lost") <= 1, reasons
+    steps = [it.step(scene.image(i), scene.detect) for i in range(14)]
+    # flow drops the face once it is less than half inside (frame 2): it really was lost ...
+    assert [len(s.faces) for s in steps] == [1, 1] + [0] * 12
+    # ... but it is predicted outside the frame, so the detector is not asked to look for it:
+    # only the first frame detects (every=30), none of the 12 frames until the track ends
+    assert [s.reason for s in steps] == ["first"] + [""] * 13
+    assert scene.calls == [0]
 
 
 def test_interval_tracker_hidden_face_looked_for_every_other_frame(
@@ -194,3 +198,138 @@ def test_interval_tracker_detection_asked_ahead_makes_a_detection_frame(
     assert dues == [None, 3, 2, 1, 0, 3, 2, 1]
     assert reasons == ["first", "", "", "", "interval", "", "", ""]
     assert waited == [0] and scene.calls == [0, 4]
+
+
+def test_interval_tracker_auto_detects_on_scene_cut_and_uncertain_face(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    """Auto mode runs the detector early on a scene cut (the background changes) and on the
+    frame after a carried face with a low detector score; fixed mode does neither. The
+    detector gets this frame's image, and the counters add up."""
+    for mode in (IntervalMode.AUTO, IntervalMode.FIXED):
+        scene = Scene(face_patch)
+        scene.places = {i: [(120, 90)] for i in range(9)}
+        cut = _background(seed=7)
+        images = [scene.image(i) for i in range(9)]
+        for i in range(4, 9):  # a cut at frame 4: same face, another background
+            images[i] = cut.copy()
+            images[i][90 : 90 + FACE, 120 : 120 + FACE] = face_patch
+        it = _tracker(every=30, mode=mode)
+        steps = []
+        for i, image in enumerate(images):
+            scene.frame = i
+
+            def detect(
+                img: npt.NDArray[np.uint8], want: npt.NDArray[np.uint8] = image, s: Scene = scene
+            ) -> Faces:
+                assert np.array_equal(img, want), "the detector must get this frame"
+                return s.detect(img)
+
+            steps.append(it.step(image, detect))
+        reasons = [s.reason for s in steps]
+        if mode is IntervalMode.AUTO:
+            assert reasons == ["first", "", "", "", "scene", "", "", "", ""], reasons
+        else:
+            assert reasons == ["first"] + [""] * 8, reasons
+        assert it.detections == len(scene.calls) and it.carried == 9 - it.detections
+        assert all(s.detect_ms == 0.0 and s.flow_ms > 0 for s in steps if not s.reason)
+
+    # a face the detector was unsure of (score below uncertain_score) is detected again at once
+    scene = Scene(face_patch)
+    scene.places = {i: [(120, 90)] for i in range(4)}
+    settings = IntervalSettings(every=30, mode=IntervalMode.AUTO, uncertain_score=0.95)
+    it = IntervalTracker(settings, Tracker(TrackerSettings()))
+    reasons = []
+    for i in range(4):
+        reasons.append(it.step(scene.image(i), scene.detect).reason)  # scores 0.9
+        if i == 1:
+            assert it.due_in() == 0  # known ahead: the next frame detects
+    assert reasons == ["first", "", "uncertain", ""], reasons
+
+
+def test_interval_tracker_takes_pixels_and_times_the_detector(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    from pipeline.core.types import Pixels
+
+    scene = Scene(face_patch)
+    scene.places = {i: [(60 + 4 * i, 80)] for i in range(3)}
+    it = _tracker(every=2)
+
+    def slow(img: npt.NDArray[np.uint8]) -> Faces:
+        import time
+
+        time.sleep(0.02)
+        return scene.detect(img)
+
+    steps = [it.step(Pixels.of_bgr(scene.image(i)), slow) for i in range(3)]
+    assert [len(s.faces) for s in steps] == [1, 1, 1]
+    assert steps[0].detect_ms >= 20 and steps[2].detect_ms >= 20
+    assert steps[0].flow_ms < 20 and steps[1].detect_ms == 0.0
+
+
+def test_row_median_even_odd_nan_rows() -> None:
+    from pipeline.stages.motion import row_median
+
+    nan = np.nan
+    a = np.array(
+        [[4, 1, 3, 2, nan, nan], [5, 1, 3, nan, nan, nan], [7, nan, nan, nan, nan, nan], [nan] * 6]
+    )
+    out = row_median(a)
+    np.testing.assert_allclose(out[:3], [2.5, 3.0, 7.0])
+    assert np.isnan(out[3]) and out.dtype == np.float64
+
+
+def test_inside_share_of_box_in_frame() -> None:
+    from pipeline.stages.motion import _inside
+
+    boxes = np.array(
+        [
+            [10, 10, 30, 50],  # fully inside
+            [-10, -10, 30, 10],  # 40 x 20 box, 30 x 10 of it inside
+            [90, 180, 130, 220],  # past the right and bottom edges: 10 x 20 of 40 x 40
+            [200, 300, 240, 340],  # outside on both axes
+        ],
+        np.float32,
+    )
+    np.testing.assert_allclose(_inside(boxes, 100, 200), [1.0, 300 / 800, 200 / 1600, 0.0])
+
+
+def test_move_applies_voted_translation_and_clipped_scale() -> None:
+    from pipeline.stages.motion import _move
+
+    box = np.array([[0, 0, 40, 40]], np.float32)
+    kps = np.array([[[10, 10], [30, 10], [20, 20], [12, 30], [28, 30]]], np.float32)
+    src = np.concatenate(
+        [kps, np.array([[[10 + 10 * (k % 3), 12 + 8 * (k // 3)] for k in range(9)]], np.float32)],
+        axis=1,
+    )
+    centre = np.array([20, 20], np.float32)
+    good = np.ones((1, 14), np.bool_)
+    for factor, want in ((1.1, 1.1), (0.9, 0.9), (2.0, 1.25), (0.5, 0.8)):  # clipped to 0.8-1.25
+        dst = (src - centre) * factor + centre + np.array([5, -3], np.float32)
+        boxes, new_kps = _move(src, dst, good, box, kps)
+        side = 40 * want
+        np.testing.assert_allclose(boxes[0, 2] - boxes[0, 0], side, rtol=1e-3)
+        np.testing.assert_allclose(boxes[0, 3] - boxes[0, 1], side, rtol=1e-3)
+        np.testing.assert_allclose(new_kps, dst[:, :5], atol=1e-4)  # tracked landmarks
+    # only the grid survived and a single point: pure translation, landmarks moved with it
+    good = np.zeros((1, 14), np.bool_)
+    good[0, 9] = True
+    dst = src + np.array([6, 4], np.float32)
+    boxes, new_kps = _move(src, dst, good, box, kps)
+    np.testing.assert_allclose(boxes, [[6, 4, 46, 44]], atol=1e-4)
+    np.testing.assert_allclose(new_kps, kps + np.array([6, 4], np.float32), atol=1e-4)
+    assert boxes.dtype == np.float32 and new_kps.dtype == np.float32
+
+
+def test_interval_tracker_resolution_change_detects_afresh(
+    face_patch: npt.NDArray[np.uint8],
+) -> None:
+    scene = Scene(face_patch)
+    scene.places = {i: [(100, 80)] for i in range(4)}
+    it = _tracker(every=30)
+    small = [cv2.resize(scene.image(i), (240, 160)) for i in range(2)]
+    reasons = [it.step(img, lambda _img: Faces.empty()).reason for img in small]
+    reasons += [it.step(scene.image(i), scene.detect).reason for i in (2, 3)]
+    assert reasons == ["first", "", "first", ""]  # flow never runs across two sizes

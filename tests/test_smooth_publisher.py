@@ -114,3 +114,42 @@ def test_publisher_rebuilds_a_failed_sink(tmp_path: Path) -> None:
     assert first.closed and second.events == [{"a": 1}]
     assert pub.stats().sinks["redis"]["outages_s"]
     pub.close()
+
+
+class _FlakySink(_ListSink):
+    """Fails its first ``fails`` writes (``boom 1``, ``boom 2``, ...), then delivers."""
+
+    def __init__(self, fails: int) -> None:
+        super().__init__("flaky")
+        self.fails = fails
+        self.attempts = 0
+
+    def write(self, events: Sequence[dict[str, Any]]) -> None:
+        self.attempts += 1
+        if self.attempts <= self.fails:
+            raise RuntimeError(f"boom {self.attempts}\nsecond line")
+        super().write(events)
+
+
+def test_publisher_counts_every_retry_and_measures_the_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = _FlakySink(fails=3)
+    pub = Publisher(_log(tmp_path), [sink])
+    pub.put([{"i": 0}, {"i": 1}, {"i": 2}])  # stored before the thread starts: one batch
+    with caplog.at_level("INFO", logger="pipeline.runtime.publisher"):
+        pub.start()
+        pub.flush(timeout=5)
+    st = pub.stats().sinks["flaky"]
+    assert sink.attempts == 4 and [e["i"] for e in sink.events] == [0, 1, 2]
+    assert st["retried"] == 9 and st["failures"] == 3  # 3 events, 3 failed attempts
+    assert st["delivered"] == 3 and st["pending"] == 0 and not st["down"]
+    # one outage, at least as long as the backoff between the attempts (0.01 + 0.02 + 0.04 s)
+    assert len(st["outages_s"]) == 1 and 0.07 <= st["outages_s"][0] < 5
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "sink flaky: delivery failed (boom 1); events wait in the event log and are retried"
+    ]
+    infos = [r.getMessage() for r in caplog.records if "delivering again" in r.getMessage()]
+    assert len(infos) == 1 and infos[0].startswith("sink flaky: delivering again after ")
+    pub.close()
