@@ -23,9 +23,10 @@ import pytest
 
 from pipeline.control.web import start_view
 from pipeline.control.web.auth import BasicAuth, hash_password, load_web_config, parse_basic
-from pipeline.control.web.guard import HostAllowList, check_bind, cut, host_of, is_loopback
+from pipeline.control.web.guard import ECHO_MAX, HostAllowList, check_bind, host_of, is_loopback
 from pipeline.core.config import MetricsSettings, ViewSettings, WebSettings
 from pipeline.core.errors import ConfigError
+from pipeline.core.redact import cut
 from tests.servers import wait_until
 from tests.test_view import _FakeWorker, _result
 
@@ -130,9 +131,9 @@ def test_metrics_port_binds_loopback_by_default() -> None:
 
 
 def test_cut_shortens_long_text() -> None:
-    assert cut("cam1") == "cam1"
-    short = cut("x" * 100_000)
-    assert len(short) < 90 and short.endswith("(100000 chars)")
+    assert cut("cam1", ECHO_MAX) == "cam1"
+    short = cut("x" * 100_000, ECHO_MAX)
+    assert len(short) < 90 and short.endswith("(100000 characters)")
 
 
 def _write(path: Path, text: str) -> Path:
@@ -353,7 +354,7 @@ def test_long_ids_are_cut_in_json_errors(secured: tuple[Client, _FakeWorker, str
         code, headers, body = client.get(path, good)
         assert code == 404 and headers["content-type"] == "application/json"
         error = json.loads(body)["error"]
-        assert len(error) < 200 and "(10000 chars)" in error
+        assert len(error) < 200 and "(10000 characters)" in error
     code, headers, body = client.get(f"/no/such/{long_id}", good)
     assert code == 404 and len(json.loads(body)["error"]) < 200
     for path in (f"/api/sessions/{long_id}", f"/sessions/{long_id}"):

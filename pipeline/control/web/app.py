@@ -24,11 +24,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from pipeline.control.web.guard import cut
+from pipeline.control.web.guard import ECHO_MAX
 from pipeline.control.web.live import LiveStats
 from pipeline.control.web.preview import EMOTION_COLORS, PreviewHub, css_color
 from pipeline.core.config import ViewSettings
 from pipeline.core.ids import id_problem
+from pipeline.core.redact import cut
 from pipeline.core.types import EMOTIONS
 
 logger = logging.getLogger(__name__)
@@ -63,19 +64,21 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _unknown_stream(sid: str) -> JSONResponse:
-    return _error(404, f"unknown stream {cut(sid)!r}: see /api/streams for this worker's streams")
+    return _error(
+        404, f"unknown stream {cut(sid, ECHO_MAX)!r}: see /api/streams for this worker's streams"
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own errors (unknown path, wrong method) as JSON."""
     code = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
-    return _error(code, f"{cut(str(detail))}: {cut(request.url.path)}")
+    return _error(code, f"{cut(str(detail), ECHO_MAX)}: {cut(request.url.path, ECHO_MAX)}")
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: logged once, answered as JSON without a traceback."""
-    logger.error("view: %s %s failed: %r", request.method, cut(request.url.path), exc)
+    logger.error("view: %s %s failed: %r", request.method, cut(request.url.path, ECHO_MAX), exc)
     return _error(500, "internal error: see the worker's log")
 
 
@@ -156,7 +159,9 @@ def create_app(view: ViewContext) -> Starlette:
             return _unknown_stream(sid)
         data = await asyncio.get_running_loop().run_in_executor(hub.executor, hub.jpeg, sid)
         if data is None:
-            return _error(503, f"stream {cut(sid)!r} has no processed frame yet: retry in a moment")
+            return _error(
+                503, f"stream {cut(sid, ECHO_MAX)!r} has no processed frame yet: retry in a moment"
+            )
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     async def preview(request: Request) -> Response:
@@ -200,7 +205,7 @@ def create_app(view: ViewContext) -> Starlette:
 
         agg = read_session(view.redis, view.redis_prefix, sid)
         if not agg["frames"] and not agg["faces"]:
-            return 404, {"error": f"unknown session {cut(sid)!r}: no aggregates in Redis"}
+            return 404, {"error": f"unknown session {cut(sid, ECHO_MAX)!r}: no aggregates in Redis"}
         agg["minutes"] = read_minutes(view.redis, view.redis_prefix, sid)
         agg["track_list"] = read_tracks(view.redis, view.redis_prefix, sid)[:200]
         return 200, agg

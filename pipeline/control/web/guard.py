@@ -22,6 +22,7 @@ from typing import Any
 from pipeline.control.web.auth import BasicAuth, WebConfig, load_web_config, parse_basic
 from pipeline.core.config import WebSettings
 from pipeline.core.errors import ConfigError
+from pipeline.core.redact import cut
 
 logger = logging.getLogger(__name__)
 
@@ -49,13 +50,6 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-resource-policy", b"same-origin"),
 )
-
-
-def cut(text: str, limit: int = ECHO_MAX) -> str:
-    """``text`` cut to ``limit`` characters (with a note of how long it was)."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}...({len(text)} chars)"
 
 
 def is_loopback(host: str) -> bool:
@@ -253,7 +247,7 @@ class GuardMiddleware:
             await _json(
                 send_with_headers,
                 400,
-                f"Host {cut(host or '(none)')!r} is not served here: open the address the"
+                f"Host {cut(host or '(none)', ECHO_MAX)!r} is not served here: open the address the"
                 " worker listens on, or add the name to --http-allowed-hosts",
                 [],
             )
@@ -282,5 +276,5 @@ class GuardMiddleware:
         ok = await loop.run_in_executor(self.guard.pool, auth.verify, user, password)
         if not ok:
             client = scope.get("client") or ("?", 0)
-            logger.info("web: login refused for user %r from %s", cut(user), client[0])
+            logger.info("web: login refused for user %r from %s", cut(user, ECHO_MAX), client[0])
         return ok
